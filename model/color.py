@@ -1,0 +1,56 @@
+"""Colour conversions in the contract's Lab encoding and the colourfulness measure.
+
+Lab is stored as OpenCV's 8-bit encoding: ``L·255/100``, ``a+128``, ``b+128`` (D65, sRGB). Networks see
+each channel scaled to [-1, 1]. NumPy only, so the pipeline and the model share one definition.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def rgb_to_lab_u8(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB ``(..., H, W, 3)`` → uint8 Lab in the OpenCV 8-bit encoding."""
+    if rgb.ndim == 3:
+        return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2LAB)
+    return np.stack([rgb_to_lab_u8(image) for image in rgb])
+
+
+def lab_u8_to_rgb(lab: np.ndarray) -> np.ndarray:
+    """uint8 Lab ``(..., H, W, 3)`` in the OpenCV 8-bit encoding → uint8 RGB."""
+    if lab.ndim == 3:
+        return cv2.cvtColor(np.ascontiguousarray(lab), cv2.COLOR_LAB2RGB)
+    return np.stack([lab_u8_to_rgb(image) for image in lab])
+
+
+def l_to_unit(l_u8: np.ndarray) -> np.ndarray:
+    """Encoded L (0 … 255) → float32 in [-1, 1]."""
+    return l_u8.astype(np.float32) / 127.5 - 1.0
+
+
+def ab_to_unit(ab_u8: np.ndarray) -> np.ndarray:
+    """Encoded a, b (128 = neutral) → float32 in about [-1, 1]; 0 is grey."""
+    return (ab_u8.astype(np.float32) - 128.0) / 127.0
+
+
+def unit_to_ab(ab: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`ab_to_unit`, rounded and clipped to uint8."""
+    return np.clip(np.rint(ab * 127.0 + 128.0), 0, 255).astype(np.uint8)
+
+
+def colorfulness(rgb: np.ndarray) -> np.ndarray | float:
+    """Hasler–Süsstrunk colourfulness of uint8 RGB ``(H, W, 3)`` or a batch ``(N, H, W, 3)``.
+
+    ``sqrt(σ_rg² + σ_yb²) + 0.3·sqrt(μ_rg² + μ_yb²)`` with ``rg = R − G`` and ``yb = (R + G)/2 − B``;
+    0 for a grey image, about 100+ for very colourful ones.
+    """
+    x = rgb.astype(np.float32)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    rg = r - g
+    yb = 0.5 * (r + g) - b
+    axes = (-2, -1)
+    std = np.sqrt(rg.var(axis=axes) + yb.var(axis=axes))
+    mean = np.sqrt(rg.mean(axis=axes) ** 2 + yb.mean(axis=axes) ** 2)
+    value = std + 0.3 * mean
+    return float(value) if np.ndim(value) == 0 else value

@@ -1,0 +1,194 @@
+"""Dataset specifications (``assets_config/datasets/*.yaml``) and the on-disk layout of a dataset.
+
+A spec is plain, validated data: the asset factory builds one asset graph per spec and every plain
+function takes the spec or the paths it needs, never the environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from model.contract import SHARD_NAME
+from pipeline.sources.layouts import ArchiveLayout
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "assets_config"
+DATASETS = ("sample", "mirflickr25k", "mirflickr1m")
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """How the synthetic sample's photos are drawn."""
+
+    seed: int = 0
+    width: int = 320
+    height: int = 240
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset: its archive layout, size, sharding and where it is published."""
+
+    name: str
+    layout: ArchiveLayout
+    n_images: int
+    shard_size: int
+    image_size: int = 224
+    base_url: str | None = None
+    md5: dict[str, str] = field(default_factory=dict)
+    sample: SampleSpec | None = None
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_images // self.shard_size)
+
+    def shard_keys(self) -> list[str]:
+        """Partition keys of ``lab_shards``: ``000``, ``001``, …"""
+        return [f"{shard:03d}" for shard in range(self.n_shards)]
+
+    def shard_ids(self, shard: int) -> range:
+        """Image ids (global order) held by ``shard``."""
+        if not 0 <= shard < self.n_shards:
+            raise ConfigError(f"shard {shard} does not exist in {self.name} (0 … {self.n_shards - 1})")
+        start = shard * self.shard_size
+        return range(start, min(start + self.shard_size, self.n_images))
+
+    def archives(self) -> list[str]:
+        """Partition keys of ``archives`` (image archives only)."""
+        return self.layout.archives(self.n_images)
+
+    def shards_by_archive(self) -> dict[str, list[str]]:
+        """Which shards read from each image archive (a shard may span two)."""
+        mapping: dict[str, list[str]] = {archive: [] for archive in self.archives()}
+        for key in self.shard_keys():
+            ids = self.shard_ids(int(key))
+            for archive in {self.layout.archive_of(ids[0]), self.layout.archive_of(ids[-1])}:
+                mapping[archive].append(key)
+        return mapping
+
+
+def _check_keys(section: str, raw: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"{section}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _positive_int(section: str, raw: dict[str, Any], key: str) -> int:
+    value = raw.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{section}: '{key}' must be a positive integer, got {value!r}")
+    return value
+
+
+def parse_dataset_spec(raw: Any, source: str = "<config>") -> DatasetSpec:
+    """Validate a parsed YAML mapping into a :class:`DatasetSpec`; errors name the offending field."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    allowed = {f.name for f in fields(DatasetSpec)}
+    _check_keys(source, raw, allowed)
+    name = raw.get("name")
+    if name not in DATASETS:
+        raise ConfigError(f"{source}: 'name' must be one of {list(DATASETS)}, got {name!r}")
+    layout = raw.get("layout")
+    if layout not in ("mirflickr1m", "mirflickr25k"):
+        raise ConfigError(f"{source}: 'layout' must be 'mirflickr1m' or 'mirflickr25k', got {layout!r}")
+    sample = None
+    if "sample" in raw:
+        sample_raw = raw["sample"] or {}
+        if not isinstance(sample_raw, dict):
+            raise ConfigError(f"{source}: 'sample' must be a mapping")
+        _check_keys(f"{source}: sample", sample_raw, {f.name for f in fields(SampleSpec)})
+        sample = SampleSpec(**sample_raw)
+        for key in ("width", "height"):
+            _positive_int(f"{source}: sample", sample_raw | {key: getattr(sample, key)}, key)
+    base_url = raw.get("base_url")
+    if sample is None and not isinstance(base_url, str):
+        raise ConfigError(f"{source}: 'base_url' is required for a downloaded dataset")
+    md5 = raw.get("md5") or {}
+    if not isinstance(md5, dict):
+        raise ConfigError(f"{source}: 'md5' must map archive names to hex digests")
+    return DatasetSpec(
+        name=name,
+        layout=ArchiveLayout(layout),
+        n_images=_positive_int(source, raw, "n_images"),
+        shard_size=_positive_int(source, raw, "shard_size"),
+        image_size=_positive_int(source, raw | {"image_size": raw.get("image_size", 224)}, "image_size"),
+        base_url=base_url,
+        md5={str(k): str(v).lower() for k, v in md5.items()},
+        sample=sample,
+    )
+
+
+def load_dataset_spec(name: str, config_dir: Path = CONFIG_DIR) -> DatasetSpec:
+    """Read ``assets_config/datasets/<name>.yaml``."""
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; known: {list(DATASETS)}")
+    path = config_dir / "datasets" / f"{name}.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    return parse_dataset_spec(raw, source=str(path))
+
+
+@dataclass(frozen=True)
+class DatasetPaths:
+    """Every file of one dataset lives below ``root`` = ``$TAGCOLOR_DATA_DIR/<dataset>``."""
+
+    root: Path
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def shards(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def images_table(self) -> Path:
+        """``images.parquet``: a Parquet dataset directory, one file per shard (``NNN.parquet``)."""
+        return self.root / "images.parquet"
+
+    @property
+    def tokens(self) -> Path:
+        return self.root / "tokens.npy"
+
+    @property
+    def tags_table(self) -> Path:
+        return self.root / "tags.parquet"
+
+    @property
+    def stats(self) -> Path:
+        return self.root / "stats"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation"
+
+    def archive(self, archive: str) -> Path:
+        return self.raw / ArchiveLayout.filename(archive)
+
+    def shard(self, shard: int) -> Path:
+        return self.shards / SHARD_NAME.format(shard=shard)
+
+    def shard_rows(self, shard: int) -> Path:
+        return self.images_table / f"{shard:03d}.parquet"
+
+    def inside(self, path: Path) -> Path:
+        """Resolve ``path`` and refuse it unless it lies below the dataset root."""
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.root.resolve()):
+            raise ConfigError(f"{path} lies outside the data root {self.root}")
+        return resolved
