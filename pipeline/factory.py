@@ -1,0 +1,402 @@
+"""One asset graph per dataset: archives → shards and tokens → stats → colorizer → evaluation."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+
+from model.contract import PAD_ID, TOKENS_PER_IMAGE
+from pipeline import metadata
+from pipeline.datasets import CONFIG_DIR, DatasetSpec
+from pipeline.resources import TagcolorStorage
+from pipeline.sources import download, sample
+
+REPO_ROOT = CONFIG_DIR.parent
+DEFAULT_TRAIN_CONFIG = {"sample": "sample_demo"}
+GPU_POOL = "tagcolor-gpu"
+
+
+class ShardsConfig(dg.Config):
+    """How many processes convert shards in one run (0: one per core)."""
+
+    workers: int = 0
+
+
+class StatsConfig(dg.Config):
+    workers: int = 0
+
+
+class ColorizerConfig(dg.Config):
+    """Which training configuration to run (a name under ``assets_config/train`` or a path)."""
+
+    train_config: str = "mirflickr1m_1gpu"
+    run_name: str = ""
+    overrides: list[str] = []
+    gpus: int = 1
+
+
+class EvaluationConfig(dg.Config):
+    run_name: str = ""
+    n_images: int = 256
+    collage_rows: int = 8
+    seed: int = 0
+    batch_size: int = 32
+    device: str = "cpu"
+
+
+def train_config_path(name: str) -> Path:
+    """Resolve a training configuration name (``ci``) or path to an existing YAML file."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else CONFIG_DIR / "train" / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in (CONFIG_DIR / "train").glob("*.yaml"))
+        raise dg.Failure(f"train_config {name!r}: no such file {path}; available: {available}")
+    return path
+
+
+def training_command(config: ColorizerConfig, data_root: Path, run_name: str) -> list[str]:
+    """``python -m model.train`` for one process, ``torchrun`` for several GPUs."""
+    if config.gpus < 0:
+        raise dg.Failure(f"gpus must be ≥ 0, got {config.gpus}")
+    launcher = [sys.executable, "-m", "model.train"]
+    if config.gpus > 1:
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={config.gpus}",
+            "-m",
+            "model.train",
+        ]
+    return [
+        *launcher,
+        "--config",
+        str(train_config_path(config.train_config)),
+        f"data_root={data_root}",
+        f"run_name={run_name}",
+        *config.overrides,
+    ]
+
+
+def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.AssetChecksDefinition]:
+    """The asset graph of one dataset, keys prefixed and grouped by the dataset's name."""
+    prefix = [spec.name]
+    group = spec.name
+    archive_partitions = dg.StaticPartitionsDefinition(spec.archives())
+    shard_partitions = dg.StaticPartitionsDefinition(spec.shard_keys())
+    archives_key = dg.AssetKey([*prefix, "archives"])
+    tags_key = dg.AssetKey([*prefix, "tags_archive"])
+    shards_key = dg.AssetKey([*prefix, "lab_shards"])
+    tokens_key = dg.AssetKey([*prefix, "tag_tokens"])
+    stats_key = dg.AssetKey([*prefix, "data_stats"])
+    colorizer_key = dg.AssetKey([*prefix, "colorizer"])
+
+    def obtain(storage: TagcolorStorage, archive: str, log: dg.DagsterLogManager) -> dict:
+        dest = storage.paths(spec.name).archive(archive)
+        if spec.sample is not None:
+            start = time.perf_counter()
+            if archive == spec.layout.tags_archive:
+                count = sample.write_tags_archive(spec, dest)
+            else:
+                count = sample.write_image_archive(spec, archive, dest)
+            md5 = download.verify_archive(dest, None)
+            return {
+                "path": str(dest),
+                "members": count,
+                "md5": md5,
+                "duration_s": time.perf_counter() - start,
+            }
+        url = download.archive_url(storage.base_url(spec), spec.layout.filename(archive))
+        result = download.fetch_archive(
+            url, dest, md5=spec.md5.get(archive), progress=metadata.byte_progress_logger(log, archive)
+        )
+        return {
+            "path": str(result.path),
+            "url": url,
+            "size_bytes": result.size_bytes,
+            "md5": result.md5,
+            "md5_published": spec.md5.get(archive, ""),
+            "duration_s": result.duration_s,
+            "bytes_fetched": result.bytes_fetched,
+            "fetched": result.fetched,
+        }
+
+    @dg.asset(
+        key=archives_key,
+        group_name=group,
+        partitions_def=archive_partitions,
+        kinds={"zip"},
+        description=f"{spec.name} image archives, downloaded (or generated) and verified.",
+    )
+    def archives(context: dg.AssetExecutionContext, storage: TagcolorStorage) -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata=obtain(storage, context.partition_key, context.log))
+
+    if spec.layout.tags_archive in spec.archives():
+
+        @dg.asset(
+            key=tags_key,
+            group_name=group,
+            deps=[archives_key],
+            description="Tag files: they live inside the image archive, so this checks they are there.",
+        )
+        def tags_archive(storage: TagcolorStorage) -> dg.MaterializeResult:
+            path = storage.paths(spec.name).archive(spec.layout.tags_archive)
+            return dg.MaterializeResult(metadata={"path": str(path)})
+
+    else:
+
+        @dg.asset(key=tags_key, group_name=group, kinds={"zip"}, description="tags.zip, verified.")
+        def tags_archive(context: dg.AssetExecutionContext, storage: TagcolorStorage) -> dg.MaterializeResult:
+            return dg.MaterializeResult(metadata=obtain(storage, spec.layout.tags_archive, context.log))
+
+    @dg.asset(
+        key=shards_key,
+        group_name=group,
+        partitions_def=shard_partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[
+            dg.AssetDep(archives_key, partition_mapping=dg.StaticPartitionMapping(spec.shards_by_archive())),
+            tags_key,
+        ],
+        kinds={"numpy"},
+        check_specs=[dg.AssetCheckSpec("shard_contract", asset=shards_key)],
+        description=f"Lab {spec.image_size}² uint8 shards of {spec.shard_size} images and images.parquet rows.",
+    )
+    def lab_shards(
+        context: dg.AssetExecutionContext, config: ShardsConfig, storage: TagcolorStorage
+    ) -> dg.MaterializeResult:
+        from pipeline.convert import convert_shards
+
+        paths = storage.paths(spec.name)
+        shards = [int(key) for key in context.partition_keys]
+        context.log.info(f"converting shards {context.partition_keys} with {config.workers or 'all'} workers")
+
+        def progress(result: object) -> None:
+            context.log.info(
+                f"shard {result.shard:03d}: {result.n_valid}/{result.n_images} valid in {result.seconds:.1f} s"
+            )
+
+        results = convert_shards(
+            spec, paths, shards, storage.vocabulary_dir, workers=config.workers or None, progress=progress
+        )
+        problems = [
+            problem
+            for result in results
+            for problem in shard_problems(spec, paths.shard(result.shard), result.shard)
+        ]
+        reasons: dict[str, int] = {}
+        for result in results:
+            for reason, count in result.reasons.items():
+                reasons[reason] = reasons.get(reason, 0) + count
+        n_images = sum(r.n_images for r in results)
+        return dg.MaterializeResult(
+            metadata={
+                "shards": ", ".join(f"{r.shard:03d}" for r in results),
+                "images": n_images,
+                "valid": sum(r.n_valid for r in results),
+                "grayscale": sum(r.n_grayscale for r in results),
+                "images_per_s": n_images / max(sum(r.seconds for r in results), 1e-9),
+                **{f"count/{reason}": count for reason, count in sorted(reasons.items())},
+                "path": str(paths.shards),
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="shard_contract",
+                    passed=not problems,
+                    metadata={"problems": "; ".join(problems) or "none"},
+                )
+            ],
+        )
+
+    @dg.asset(
+        key=tokens_key,
+        group_name=group,
+        deps=[tags_key],
+        kinds={"numpy"},
+        description=f"tokens.npy: int32 (N, {TOKENS_PER_IMAGE}) o200k_base ids padded with {PAD_ID}.",
+    )
+    def tag_tokens(context: dg.AssetExecutionContext, storage: TagcolorStorage) -> dg.MaterializeResult:
+        from pipeline.tokens import build_tag_tokens, load_tag_encoding
+
+        paths = storage.paths(spec.name)
+        encoding = load_tag_encoding(storage.vocabulary_dir)
+        result = build_tag_tokens(
+            spec, paths, encoding, progress=lambda done, total: context.log.info(f"tags {done:,}/{total:,}")
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "path": str(paths.tokens),
+                "images": result.n_images,
+                "missing_tag_files": result.missing,
+                "invalid_utf8": result.invalid_utf8,
+                "without_tags": result.empty,
+                "truncated": result.truncated,
+                "distinct_tokens": result.distinct_tokens,
+                "seconds": result.seconds,
+            }
+        )
+
+    @dg.asset_check(asset=tokens_key, description="Token ids lie in [0, pad] and pads only trail.")
+    def tokens_in_range(storage: TagcolorStorage) -> dg.AssetCheckResult:
+        tokens = np.load(storage.paths(spec.name).tokens, mmap_mode="r")
+        return dg.AssetCheckResult(
+            passed=not token_problems(tokens), metadata={"problems": token_problems(tokens)}
+        )
+
+    @dg.asset_check(
+        asset=tokens_key,
+        additional_deps=[shards_key],
+        description="images.parquet and tokens.npy have one row per image of the dataset.",
+    )
+    def tokens_align_with_images(storage: TagcolorStorage) -> dg.AssetCheckResult:
+        from pipeline.convert import read_images_table
+
+        paths = storage.paths(spec.name)
+        n_tokens = np.load(paths.tokens, mmap_mode="r").shape[0]
+        images = read_images_table(paths)
+        ids_ok = bool((images["image_id"].to_numpy() == np.arange(len(images))).all())
+        passed = n_tokens == len(images) == spec.n_images and ids_ok
+        return dg.AssetCheckResult(
+            passed=passed,
+            metadata={"tokens_rows": n_tokens, "images_rows": len(images), "expected": spec.n_images},
+        )
+
+    @dg.asset(
+        key=stats_key,
+        group_name=group,
+        deps=[shards_key, tokens_key],
+        kinds={"parquet", "markdown"},
+        automation_condition=dg.AutomationCondition.eager(),
+        description="Token, tag and Lab statistics: Parquet tables, data_stats.md and plots.",
+    )
+    def data_stats(config: StatsConfig, storage: TagcolorStorage) -> dg.MaterializeResult:
+        from pipeline.stats import compute_data_stats
+        from pipeline.tokens import load_tag_encoding
+
+        paths = storage.paths(spec.name)
+        encoding = load_tag_encoding(storage.vocabulary_dir)
+        result = compute_data_stats(
+            paths, spec.n_shards, lambda i: encoding.decode([i]), workers=config.workers or 1
+        )
+        report = result.report_path.read_text()
+        return dg.MaterializeResult(
+            metadata={
+                "report": dg.MetadataValue.path(str(result.report_path)),
+                "preview": dg.MetadataValue.md(report[:20_000]),
+                **metadata.numbers(result.figures),
+                **{f"table/{name}": metadata.table(df) for name, df in result.tables.items()},
+                "seconds": result.seconds,
+                "gb_scanned": result.bytes_scanned / 1e9,
+            }
+        )
+
+    default_train = DEFAULT_TRAIN_CONFIG.get(spec.name, ColorizerConfig.model_fields["train_config"].default)
+
+    @dg.asset(
+        key=colorizer_key,
+        group_name=group,
+        deps=[shards_key, tokens_key],
+        kinds={"pytorch"},
+        pool=GPU_POOL,
+        op_tags={"tagcolor/gpu": "true"},
+        description="The tag-conditioned cWGAN-GP, trained in its own process (torchrun for several GPUs).",
+    )
+    def colorizer(
+        context: dg.AssetExecutionContext,
+        config: ColorizerConfig,
+        storage: TagcolorStorage,
+        pipes: dg.PipesSubprocessClient,
+    ) -> dg.MaterializeResult:
+        if not config.train_config:
+            config = config.model_copy(update={"train_config": default_train})
+        paths = storage.paths(spec.name)
+        command = training_command(config, paths.root, config.run_name or spec.name)
+        context.log.info(" ".join(command))
+        return pipes.run(context=context, command=command, cwd=str(REPO_ROOT)).get_materialize_result()
+
+    @dg.asset(
+        key=[*prefix, "evaluation"],
+        group_name=group,
+        deps=[colorizer_key, shards_key, tokens_key],
+        kinds={"pytorch", "png"},
+        automation_condition=dg.AutomationCondition.eager(),
+        description="Held-out metrics with a tag ablation (true / no / shuffled tags), baselines and the collage.",
+    )
+    def evaluation(config: EvaluationConfig, storage: TagcolorStorage) -> dg.MaterializeResult:
+        from model.config import load_train_config
+
+        from pipeline.evaluation import evaluate_checkpoint
+
+        paths = storage.paths(spec.name)
+        run_dir = paths.runs / (config.run_name or spec.name)
+        checkpoint = run_dir / "latest.pt"
+        if not checkpoint.is_file():
+            raise dg.Failure(f"no checkpoint at {checkpoint}: materialize {spec.name}/colorizer first")
+        trained = load_train_config(run_dir / "config.yaml", [])
+        holdout = trained.holdout_shard % spec.n_shards
+        result = evaluate_checkpoint(
+            paths,
+            checkpoint,
+            holdout,
+            cache_dir=storage.vocabulary_dir,
+            n_images=config.n_images,
+            collage_rows=config.collage_rows,
+            seed=config.seed,
+            batch_size=config.batch_size,
+            device=config.device,
+        )
+        relative = result.collage_path.relative_to(paths.root)
+        return dg.MaterializeResult(
+            metadata={
+                "collage": dg.MetadataValue.path(str(result.collage_path)),
+                "metrics_json": dg.MetadataValue.path(str(result.metrics_path)),
+                "preview": dg.MetadataValue.md(
+                    f"![result collage]({relative})\n\nholdout shard {holdout:03d}"
+                ),
+                **metadata.numbers(result.figures),
+            }
+        )
+
+    return [
+        archives,
+        tags_archive,
+        lab_shards,
+        tag_tokens,
+        tokens_in_range,
+        tokens_align_with_images,
+        data_stats,
+        colorizer,
+        evaluation,
+    ]
+
+
+def shard_problems(spec: DatasetSpec, path: Path, shard: int) -> list[str]:
+    """Contract violations of one shard file: shape, dtype and row count."""
+    if not path.is_file():
+        return [f"{path.name}: missing"]
+    array = np.load(path, mmap_mode="r")
+    expected = (len(spec.shard_ids(shard)), spec.image_size, spec.image_size, 3)
+    problems = []
+    if array.dtype != np.uint8:
+        problems.append(f"{path.name}: dtype {array.dtype}, expected uint8")
+    if array.shape != expected:
+        problems.append(f"{path.name}: shape {array.shape}, expected {expected}")
+    return problems
+
+
+def token_problems(tokens: np.ndarray) -> str:
+    """Contract violations of a token matrix ('' when none): dtype, width, id range, pads only trailing."""
+    if tokens.dtype != np.int32 or tokens.ndim != 2 or tokens.shape[1] != TOKENS_PER_IMAGE:
+        return f"dtype/shape {tokens.dtype} {tokens.shape}, expected int32 (N, {TOKENS_PER_IMAGE})"
+    problems = []
+    if tokens.size and (tokens.min() < 0 or tokens.max() > PAD_ID):
+        problems.append(f"ids outside [0, {PAD_ID}]: min {tokens.min()}, max {tokens.max()}")
+    is_pad = tokens == PAD_ID
+    inner_pads = int((is_pad[:, :-1] & ~is_pad[:, 1:]).any(axis=1).sum())
+    if inner_pads:
+        problems.append(f"{inner_pads} rows have a token after a pad")
+    return "; ".join(problems)

@@ -1,0 +1,65 @@
+"""Turning plain results into Dagster metadata and log lines."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+_COLUMN_TYPES = {"i": "int", "u": "int", "f": "float", "b": "bool"}
+
+
+def table(df: pd.DataFrame, max_rows: int = 50) -> dg.TableMetadataValue:
+    """A small DataFrame as a Dagster table (the UI renders it with column types)."""
+    head = df.head(max_rows)
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn(str(c), _COLUMN_TYPES.get(head[c].dtype.kind, "string")) for c in head.columns
+        ]
+    )
+    records = [
+        dg.TableRecord({str(k): _plain(v) for k, v in row.items()}) for row in head.to_dict(orient="records")
+    ]
+    return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def _plain(value: object) -> str | int | float | bool | None:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def numbers(figures: dict[str, float | int]) -> dict[str, dg.MetadataValue]:
+    """Numeric figures as metadata the UI plots across materializations (non-finite values as text)."""
+    out: dict[str, dg.MetadataValue] = {}
+    for key, value in figures.items():
+        if isinstance(value, bool):
+            out[key] = dg.MetadataValue.bool(value)
+        elif isinstance(value, int | np.integer):
+            out[key] = dg.MetadataValue.int(int(value))
+        elif math.isfinite(float(value)):
+            out[key] = dg.MetadataValue.float(float(value))
+        else:
+            out[key] = dg.MetadataValue.text(str(value))
+    return out
+
+
+def byte_progress_logger(log: dg.DagsterLogManager, label: str) -> Callable[[object], None]:
+    """A download progress callback writing bytes, rate and ETA to the Dagster log."""
+
+    def report(progress: object) -> None:
+        done = progress.bytes_done / 2**20
+        total = f"{progress.total_bytes / 2**20:,.1f}" if progress.total_bytes else "?"
+        eta = f"{progress.eta_s:,.0f} s" if progress.eta_s is not None else "?"
+        log.info(
+            f"{label}: {done:,.1f} / {total} MiB at {progress.rate_bytes_per_s / 2**20:,.1f} MiB/s, ETA {eta}"
+        )
+
+    return report
