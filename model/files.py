@@ -14,7 +14,7 @@ def atomic_path(final: Path | str, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``final``; move it into place only if the block succeeds.
 
     The temporary name keeps ``suffix`` (e.g. ``.npy``) so libraries that append extensions do not
-    rename it behind our back.
+    rename it behind our back; the final file is world-readable like any ordinarily created one.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -23,6 +23,8 @@ def atomic_path(final: Path | str, suffix: str = "") -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            tmp.chmod(0o644)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)

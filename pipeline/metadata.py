@@ -9,6 +9,8 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from pipeline.sources.download import DownloadProgress
+
 _COLUMN_TYPES = {"i": "int", "u": "int", "f": "float", "b": "bool"}
 
 
@@ -16,13 +18,9 @@ def table(df: pd.DataFrame, max_rows: int = 50) -> dg.TableMetadataValue:
     """A small DataFrame as a Dagster table (the UI renders it with column types)."""
     head = df.head(max_rows)
     schema = dg.TableSchema(
-        columns=[
-            dg.TableColumn(str(c), _COLUMN_TYPES.get(head[c].dtype.kind, "string")) for c in head.columns
-        ]
+        columns=[dg.TableColumn(str(c), _COLUMN_TYPES.get(head[c].dtype.kind, "string")) for c in head.columns]
     )
-    records = [
-        dg.TableRecord({str(k): _plain(v) for k, v in row.items()}) for row in head.to_dict(orient="records")
-    ]
+    records = [dg.TableRecord({str(k): _plain(v) for k, v in row.items()}) for row in head.to_dict(orient="records")]
     return dg.MetadataValue.table(records=records, schema=schema)
 
 
@@ -51,15 +49,13 @@ def numbers(figures: dict[str, float | int]) -> dict[str, dg.MetadataValue]:
     return out
 
 
-def byte_progress_logger(log: dg.DagsterLogManager, label: str) -> Callable[[object], None]:
+def byte_progress_logger(log: dg.DagsterLogManager, label: str) -> Callable[[DownloadProgress], None]:
     """A download progress callback writing bytes, rate and ETA to the Dagster log."""
 
-    def report(progress: object) -> None:
+    def report(progress: DownloadProgress) -> None:
         done = progress.bytes_done / 2**20
         total = f"{progress.total_bytes / 2**20:,.1f}" if progress.total_bytes else "?"
         eta = f"{progress.eta_s:,.0f} s" if progress.eta_s is not None else "?"
-        log.info(
-            f"{label}: {done:,.1f} / {total} MiB at {progress.rate_bytes_per_s / 2**20:,.1f} MiB/s, ETA {eta}"
-        )
+        log.info(f"{label}: {done:,.1f} / {total} MiB at {progress.rate_bytes_per_s / 2**20:,.1f} MiB/s, ETA {eta}")
 
     return report
