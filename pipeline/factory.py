@@ -1,7 +1,5 @@
 """One asset graph per dataset: archives → shards and tokens → stats → colorizer → evaluation."""
 
-from __future__ import annotations
-
 import sys
 import time
 from pathlib import Path
@@ -11,12 +9,15 @@ import numpy as np
 
 from model.contract import PAD_ID, TOKENS_PER_IMAGE
 from pipeline import metadata
+from pipeline.convert import convert_shards, read_images_table
 from pipeline.datasets import CONFIG_DIR, DatasetSpec
 from pipeline.resources import TagcolorStorage
 from pipeline.sources import download, sample
+from pipeline.stats import compute_data_stats
+from pipeline.tokens import build_tag_tokens, load_tag_encoding
 
 REPO_ROOT = CONFIG_DIR.parent
-DEFAULT_TRAIN_CONFIG = {"sample": "sample_demo"}
+DEFAULT_TRAIN_CONFIG = {"sample": "sample_demo", "mirflickr25k": "mirflickr1m_1gpu", "mirflickr1m": "mirflickr1m_1gpu"}
 GPU_POOL = "tagcolor-gpu"
 
 
@@ -31,9 +32,12 @@ class StatsConfig(dg.Config):
 
 
 class ColorizerConfig(dg.Config):
-    """Which training configuration to run (a name under ``assets_config/train`` or a path)."""
+    """Which training configuration to run: a name under ``assets_config/train`` or a path.
 
-    train_config: str = "mirflickr1m_1gpu"
+    Empty means the dataset's default (``DEFAULT_TRAIN_CONFIG``); ``run_name`` empty means the dataset's name.
+    """
+
+    train_config: str = ""
     run_name: str = ""
     overrides: list[str] = []
     gpus: int = 1
@@ -169,8 +173,6 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
     def lab_shards(
         context: dg.AssetExecutionContext, config: ShardsConfig, storage: TagcolorStorage
     ) -> dg.MaterializeResult:
-        from pipeline.convert import convert_shards
-
         paths = storage.paths(spec.name)
         shards = [int(key) for key in context.partition_keys]
         context.log.info(f"converting shards {context.partition_keys} with {config.workers or 'all'} workers")
@@ -184,9 +186,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
             spec, paths, shards, storage.vocabulary_dir, workers=config.workers or None, progress=progress
         )
         problems = [
-            problem
-            for result in results
-            for problem in shard_problems(spec, paths.shard(result.shard), result.shard)
+            problem for result in results for problem in shard_problems(spec, paths.shard(result.shard), result.shard)
         ]
         reasons: dict[str, int] = {}
         for result in results:
@@ -220,8 +220,6 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
         description=f"tokens.npy: int32 (N, {TOKENS_PER_IMAGE}) o200k_base ids padded with {PAD_ID}.",
     )
     def tag_tokens(context: dg.AssetExecutionContext, storage: TagcolorStorage) -> dg.MaterializeResult:
-        from pipeline.tokens import build_tag_tokens, load_tag_encoding
-
         paths = storage.paths(spec.name)
         encoding = load_tag_encoding(storage.vocabulary_dir)
         result = build_tag_tokens(
@@ -243,9 +241,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
     @dg.asset_check(asset=tokens_key, description="Token ids lie in [0, pad] and pads only trail.")
     def tokens_in_range(storage: TagcolorStorage) -> dg.AssetCheckResult:
         tokens = np.load(storage.paths(spec.name).tokens, mmap_mode="r")
-        return dg.AssetCheckResult(
-            passed=not token_problems(tokens), metadata={"problems": token_problems(tokens)}
-        )
+        return dg.AssetCheckResult(passed=not token_problems(tokens), metadata={"problems": token_problems(tokens)})
 
     @dg.asset_check(
         asset=tokens_key,
@@ -253,8 +249,6 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
         description="images.parquet and tokens.npy have one row per image of the dataset.",
     )
     def tokens_align_with_images(storage: TagcolorStorage) -> dg.AssetCheckResult:
-        from pipeline.convert import read_images_table
-
         paths = storage.paths(spec.name)
         n_tokens = np.load(paths.tokens, mmap_mode="r").shape[0]
         images = read_images_table(paths)
@@ -274,14 +268,9 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
         description="Token, tag and Lab statistics: Parquet tables, data_stats.md and plots.",
     )
     def data_stats(config: StatsConfig, storage: TagcolorStorage) -> dg.MaterializeResult:
-        from pipeline.stats import compute_data_stats
-        from pipeline.tokens import load_tag_encoding
-
         paths = storage.paths(spec.name)
         encoding = load_tag_encoding(storage.vocabulary_dir)
-        result = compute_data_stats(
-            paths, spec.n_shards, lambda i: encoding.decode([i]), workers=config.workers or 1
-        )
+        result = compute_data_stats(paths, spec.n_shards, lambda i: encoding.decode([i]), workers=config.workers or 1)
         report = result.report_path.read_text()
         return dg.MaterializeResult(
             metadata={
@@ -293,8 +282,6 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
                 "gb_scanned": result.bytes_scanned / 1e9,
             }
         )
-
-    default_train = DEFAULT_TRAIN_CONFIG.get(spec.name, ColorizerConfig.model_fields["train_config"].default)
 
     @dg.asset(
         key=colorizer_key,
@@ -312,7 +299,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
         pipes: dg.PipesSubprocessClient,
     ) -> dg.MaterializeResult:
         if not config.train_config:
-            config = config.model_copy(update={"train_config": default_train})
+            config = config.model_copy(update={"train_config": DEFAULT_TRAIN_CONFIG[spec.name]})
         paths = storage.paths(spec.name)
         command = training_command(config, paths.root, config.run_name or spec.name)
         context.log.info(" ".join(command))
@@ -328,7 +315,6 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
     )
     def evaluation(config: EvaluationConfig, storage: TagcolorStorage) -> dg.MaterializeResult:
         from model.config import load_train_config
-
         from pipeline.evaluation import evaluate_checkpoint
 
         paths = storage.paths(spec.name)
@@ -354,9 +340,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
             metadata={
                 "collage": dg.MetadataValue.path(str(result.collage_path)),
                 "metrics_json": dg.MetadataValue.path(str(result.metrics_path)),
-                "preview": dg.MetadataValue.md(
-                    f"![result collage]({relative})\n\nholdout shard {holdout:03d}"
-                ),
+                "preview": dg.MetadataValue.md(f"![result collage]({relative})\n\nholdout shard {holdout:03d}"),
                 **metadata.numbers(result.figures),
             }
         )

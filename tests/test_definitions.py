@@ -1,0 +1,102 @@
+"""The code location: every dataset's graph, partitions, mappings, checks, jobs and schedules."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from pipeline.datasets import DATASETS, ConfigError
+from pipeline.definitions import build_definitions
+from pipeline.factory import ColorizerConfig, token_problems, train_config_path, training_command
+from pipeline.resources import storage_from_environ
+
+ASSETS = ("archives", "tags_archive", "lab_shards", "tag_tokens", "data_stats", "colorizer", "evaluation")
+
+
+@pytest.fixture(scope="module")
+def defs() -> dg.Definitions:
+    return build_definitions()
+
+
+def test_every_dataset_has_the_whole_graph_in_its_group(defs: dg.Definitions) -> None:
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == {f"{dataset}/{asset}" for dataset in DATASETS for asset in ASSETS}
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).group_name == key.path[0]
+
+
+def test_partitions_and_mappings(defs: dg.Definitions) -> None:
+    graph = defs.resolve_asset_graph()
+    shards = graph.get(dg.AssetKey(["mirflickr1m", "lab_shards"]))
+    assert shards.partitions_def.get_partition_keys()[:2] == ["000", "001"]
+    assert len(shards.partitions_def.get_partition_keys()) == 100
+    assert shards.backfill_policy == dg.BackfillPolicy.single_run()
+    archives = graph.get(dg.AssetKey(["mirflickr1m", "archives"]))
+    assert archives.partitions_def.get_partition_keys() == [f"images{k}" for k in range(10)]
+    mapping = shards.partition_mappings[dg.AssetKey(["mirflickr1m", "archives"])]
+    upstream = mapping.get_upstream_mapped_partitions_result_for_partitions(
+        shards.partitions_def.subset_with_partition_keys(["042"]),
+        shards.partitions_def,
+        archives.partitions_def,
+    )
+    assert list(upstream.partitions_subset.get_partition_keys()) == ["images4"]
+    assert graph.get(dg.AssetKey(["mirflickr25k", "archives"])).partitions_def.get_partition_keys() == [
+        "mirflickr25k"
+    ]
+    assert graph.get(dg.AssetKey(["sample", "lab_shards"])).partitions_def.get_partition_keys() == ["000", "001"]
+
+
+def test_checks_schedules_and_automation(defs: dg.Definitions) -> None:
+    graph = defs.resolve_asset_graph()
+    check_names = {key.name for key in graph.asset_check_keys}
+    assert check_names == {"shard_contract", "tokens_in_range", "tokens_align_with_images"}
+    schedules = {s.name: s for s in defs.schedules}
+    assert {f"{d}_weekly_training" for d in DATASETS} <= set(schedules)
+    assert schedules["sample_weekly_training"].cron_schedule == "0 3 * * 1"
+    for name in ("evaluation", "data_stats"):
+        assert graph.get(dg.AssetKey(["sample", name])).automation_condition is not None
+    colorizer = defs.get_assets_def(dg.AssetKey(["sample", "colorizer"]))
+    assert next(iter(colorizer.node_def.pools)) == "tagcolor-gpu"
+
+
+def test_training_command_uses_torchrun_for_several_gpus(tmp_path) -> None:
+    single = training_command(ColorizerConfig(train_config="ci", gpus=1), tmp_path, "run")
+    assert single[1:3] == ["-m", "model.train"]
+    assert f"data_root={tmp_path}" in single and "run_name=run" in single
+    multi = training_command(ColorizerConfig(train_config="ci", gpus=8), tmp_path, "run")
+    assert "torch.distributed.run" in multi and "--nproc-per-node=8" in multi
+    with pytest.raises(dg.Failure, match="available"):
+        train_config_path("no_such_config")
+
+
+def test_storage_reads_the_environment(tmp_path) -> None:
+    storage = storage_from_environ(
+        {"TAGCOLOR_DATA_DIR": str(tmp_path), "TAGCOLOR_MIRFLICKR1M_URL": "file:///mirror/", "TIKTOKEN_CACHE_DIR": "/v"}
+    )
+    assert storage.paths("sample").root == tmp_path.resolve() / "sample"
+    assert storage.url_overrides == {"mirflickr1m": "file:///mirror/"}
+    assert str(storage.vocabulary_dir) == "/v"
+    from pipeline.datasets import load_dataset_spec
+
+    assert storage.base_url(load_dataset_spec("mirflickr1m")) == "file:///mirror/"
+    assert storage.base_url(load_dataset_spec("mirflickr25k")).startswith("https://")
+    with pytest.raises(ConfigError, match="base_url"):
+        storage.base_url(load_dataset_spec("sample"))
+
+
+def test_token_problems_detects_range_and_inner_pads() -> None:
+    import numpy as np
+
+    from model.contract import PAD_ID
+
+    good = np.full((3, 20), PAD_ID, dtype=np.int32)
+    good[0, :2] = [5, 7]
+    assert token_problems(good) == ""
+    inner = good.copy()
+    inner[1, 5] = 9
+    assert "after a pad" in token_problems(inner)
+    negative = good.copy()
+    negative[2, 0] = -1
+    assert "outside" in token_problems(negative)
+    assert "expected int32" in token_problems(good.astype(np.int64))

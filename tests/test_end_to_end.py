@@ -1,0 +1,62 @@
+"""The README's demo, run as a user would: the whole sample graph through `dagster asset materialize`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO_ROOT
+from tests.test_stats import assert_report_matches_tables
+
+
+@pytest.mark.slow
+def test_sample_graph_end_to_end(tmp_path: Path, vocabulary_dir: Path) -> None:
+    data = tmp_path / "data"
+    env = os.environ | {"TIKTOKEN_CACHE_DIR": str(vocabulary_dir), "DAGSTER_HOME": str(tmp_path / "home")}
+    bin_dagster = Path(sys.prefix) / "bin" / "dagster"
+    command = [
+        "make",
+        "-o",
+        str(bin_dagster),
+        "demo",
+        f"VENV={sys.prefix}",
+        f"DATA={data}",
+        "SAMPLE_RUN_CONFIG=assets_config/runs/sample_ci.yaml",
+    ]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-8000:]
+
+    root = data / "sample"
+    assert sorted(p.name for p in (root / "raw").glob("*.zip")) == ["images0.zip", "tags.zip"]
+    for shard in (0, 1):
+        array = np.load(root / "shards" / f"lab_{shard:03d}.npy", mmap_mode="r")
+        assert array.shape == (256, 224, 224, 3) and array.dtype == np.uint8
+        assert 20 < array[..., 0].mean() < 235 and array[..., 1:].std() > 1
+    images = pd.read_parquet(root / "images.parquet").sort_values("image_id")
+    assert images["image_id"].tolist() == list(range(512)) and images["valid"].all()
+    tokens = np.load(root / "tokens.npy")
+    assert tokens.shape == (512, 20) and tokens.dtype == np.int32
+
+    assert_report_matches_tables(root / "stats")
+
+    run = root / "runs" / "sample"
+    assert (run / "latest.pt").is_file() and (run / "config.yaml").is_file()
+    assert len(pd.read_parquet(run / "metrics.parquet")) > 0
+
+    metrics = json.loads((root / "evaluation" / "metrics.json").read_text())
+    conditions = metrics["conditions"]
+    assert set(conditions) >= {"tags", "no_tags", "shuffled"}
+    for values in conditions.values():
+        assert math.isfinite(values["ab_error"]) and values["ab_error"] >= 0
+        assert 0 < values["ssim"] <= 1
+    with Image.open(root / "evaluation" / "result_collage.png") as collage:
+        assert collage.width >= 3 * 64 and collage.height > collage.width / 3
