@@ -34,9 +34,7 @@ def dataset_automation(dataset: str, crons: dict[str, str]) -> tuple[list, list]
         tags={"tagcolor/dataset": dataset},
     )
     schedules = [
-        dg.ScheduleDefinition(
-            name=f"{dataset}_weekly_training", job=training, cron_schedule=crons["training_cron"]
-        ),
+        dg.ScheduleDefinition(name=f"{dataset}_weekly_training", job=training, cron_schedule=crons["training_cron"]),
         dg.ScheduleDefinition(name=f"{dataset}_stats_refresh", job=stats, cron_schedule=crons["stats_cron"]),
     ]
     return [training, stats], schedules
@@ -55,9 +53,7 @@ def build_definitions() -> dg.Definitions:
         asset_checks=[a for a in assets if isinstance(a, dg.AssetChecksDefinition)],
         jobs=jobs,
         schedules=schedules,
-        sensors=[
-            dg.AutomationConditionSensorDefinition("tagcolor_automation", target=dg.AssetSelection.all())
-        ],
+        sensors=[dg.AutomationConditionSensorDefinition("tagcolor_automation", target=dg.AssetSelection.all())],
         resources={"storage": storage_from_environ(), "pipes": dg.PipesSubprocessClient()},
     )
 

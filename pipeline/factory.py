@@ -250,6 +250,8 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
     )
     def tokens_align_with_images(storage: TagcolorStorage) -> dg.AssetCheckResult:
         paths = storage.paths(spec.name)
+        if not paths.images_table.is_dir():
+            return dg.AssetCheckResult(passed=False, metadata={"problem": f"materialize {spec.name}/lab_shards first"})
         n_tokens = np.load(paths.tokens, mmap_mode="r").shape[0]
         images = read_images_table(paths)
         ids_ok = bool((images["image_id"].to_numpy() == np.arange(len(images))).all())
@@ -328,7 +330,6 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
             paths,
             checkpoint,
             holdout,
-            cache_dir=storage.vocabulary_dir,
             n_images=config.n_images,
             collage_rows=config.collage_rows,
             seed=config.seed,

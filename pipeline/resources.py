@@ -27,9 +27,7 @@ class TagcolorStorage(dg.ConfigurableResource):
     def base_url(self, spec: DatasetSpec) -> str:
         url = self.url_overrides.get(spec.name) or spec.base_url
         if not url:
-            raise ConfigError(
-                f"dataset {spec.name!r} has no base_url and no {URL_ENV.get(spec.name)} override"
-            )
+            raise ConfigError(f"dataset {spec.name!r} has no base_url and no {URL_ENV.get(spec.name)} override")
         return url
 
     @property

@@ -41,9 +41,7 @@ def test_partitions_and_mappings(defs: dg.Definitions) -> None:
         archives.partitions_def,
     )
     assert list(upstream.partitions_subset.get_partition_keys()) == ["images4"]
-    assert graph.get(dg.AssetKey(["mirflickr25k", "archives"])).partitions_def.get_partition_keys() == [
-        "mirflickr25k"
-    ]
+    assert graph.get(dg.AssetKey(["mirflickr25k", "archives"])).partitions_def.get_partition_keys() == ["mirflickr25k"]
     assert graph.get(dg.AssetKey(["sample", "lab_shards"])).partitions_def.get_partition_keys() == ["000", "001"]
 
 

@@ -1,0 +1,145 @@
+"""Colour your own photos with a trained checkpoint, at their full size.
+
+    python -m model.colorize photo.jpg [more.jpg ...] --checkpoint data/sample/runs/demo/latest.pt \\
+        --tags "sunset, beach" [--out DIR] [--device cpu]
+
+The net sees the photo's lightness at its training size; its a, b are upsampled to the photo's size and
+combined with the photo's own full-resolution lightness, so edges stay as sharp as in the input. Each
+photo is written as ``<stem>_color.png`` (beside it, or in ``--out``), exactly as large as the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from model.checkpoint import CheckpointError
+from model.color import lab_u8_to_rgb, rgb_to_lab_u8
+from model.contract import TOKENS_PER_IMAGE
+from model.files import atomic_path
+from model.inference import Colorizer
+from pipeline.tokens import VocabularyError, encode_tags, load_tag_encoding, tag_text, tiktoken_cache_dir
+
+NEUTRAL_AB = 128
+CHROMA_SCALES = (1.0, 0.75, 0.5, 0.25, 0.0)
+"""Shares of the predicted chroma tried per pixel, largest first; grey (0) always fits."""
+LIGHTNESS_TOLERANCE = 1
+"""Encoded L levels a pixel may move in the Lab → RGB → Lab round trip (8-bit rounding)."""
+SUFFIX = "_color.png"
+
+
+class ColorizeError(ValueError):
+    """A photo cannot be read or written; the message names the file."""
+
+
+def parse_tags(text: str) -> list[str]:
+    """Tags typed by a user: separated by commas or newlines, stripped, empty ones dropped."""
+    return [tag for part in text.replace("\n", ",").split(",") if (tag := part.strip())]
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """A photo file as uint8 RGB ``(H, W, 3)``, turned upright by its EXIF orientation."""
+    if not path.is_file():
+        raise ColorizeError(f"{path}: no such file")
+    try:
+        with Image.open(path) as image:
+            upright = ImageOps.exif_transpose(image)
+            return np.asarray(upright.convert("RGB"))
+    except (OSError, Image.DecompressionBombError) as error:
+        raise ColorizeError(f"{path}: not a readable image ({error})") from error
+
+
+def rgb_keeping_lightness(lightness: np.ndarray, ab: np.ndarray) -> np.ndarray:
+    """uint8 RGB with encoded lightness ``(H, W)`` and as much of the encoded ``ab`` ``(H, W, 2)`` as fits.
+
+    sRGB cannot show every Lab colour: converting one outside its gamut clips a channel, which changes the
+    lightness. Each pixel therefore keeps the largest share of its chroma (of :data:`CHROMA_SCALES`) whose
+    RGB still has the photo's lightness, so the input's L survives exactly up to rounding.
+    """
+    chroma = ab.astype(np.float32) - NEUTRAL_AB
+    result = np.empty((*lightness.shape, 3), dtype=np.uint8)
+    pending = np.ones(lightness.shape, dtype=bool)
+    for scale in CHROMA_SCALES:
+        scaled = np.clip(np.rint(chroma * scale + NEUTRAL_AB), 0, 255).astype(np.uint8)
+        rgb = lab_u8_to_rgb(np.dstack([lightness, scaled]))
+        shift = np.abs(rgb_to_lab_u8(rgb)[..., 0].astype(np.int16) - lightness)
+        take = pending & ((shift <= LIGHTNESS_TOLERANCE) | (scale == 0.0))
+        result[take] = rgb[take]
+        pending &= ~take
+        if not pending.any():
+            break
+    return result
+
+
+def colorize_image(rgb: np.ndarray, colorizer: Colorizer, tokens: np.ndarray) -> np.ndarray:
+    """Colour uint8 RGB ``(H, W, 3)`` of any size under raw o200k ``tokens`` ``(20,)``; same size out.
+
+    Only the lightness of ``rgb`` is used: a colour photo is coloured anew.
+    """
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected uint8 RGB (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    tokens = np.asarray(tokens, dtype=np.int32)
+    if tokens.shape != (TOKENS_PER_IMAGE,):
+        raise ValueError(f"expected one row of {TOKENS_PER_IMAGE} tokens, got shape {tokens.shape}")
+    height, width = rgb.shape[:2]
+    lightness = rgb_to_lab_u8(rgb)[..., 0]
+    size = colorizer.image_size
+    small = cv2.resize(lightness, (size, size), interpolation=cv2.INTER_AREA)
+    ab_small = colorizer.predict_ab(small[None], tokens[None])[0]
+    ab = cv2.resize(ab_small, (width, height), interpolation=cv2.INTER_CUBIC)
+    return rgb_keeping_lightness(lightness, ab)
+
+
+def write_png(rgb: np.ndarray, path: Path) -> Path:
+    """Write uint8 RGB as PNG, atomically."""
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(rgb, mode="RGB").save(tmp, format="PNG")
+    return path
+
+
+def output_path(image: Path, out_dir: Path | None) -> Path:
+    """``<stem>_color.png`` in ``out_dir``, or beside the photo."""
+    return (out_dir or image.parent) / f"{image.stem}{SUFFIX}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Colour each photo; a photo that fails is reported and skipped. Exit status 1 if any failed."""
+    parser = argparse.ArgumentParser(prog="python -m model.colorize", description=__doc__.splitlines()[0])
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="photos to colour (any size)")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="a training run's checkpoint (.pt)")
+    parser.add_argument("--tags", default="", help='tags separated by commas or newlines, e.g. "sunset, beach"')
+    parser.add_argument("--out", type=Path, help="output directory (default: beside each photo)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    args = parser.parse_args(argv)
+
+    targets = [output_path(image, args.out) for image in args.images]
+    clashes = sorted({str(t) for t in targets if targets.count(t) > 1})
+    if clashes:
+        parser.error(f"several photos would be written to {', '.join(clashes)}; use distinct names")
+    try:
+        colorizer = Colorizer.from_checkpoint(args.checkpoint, device=args.device)
+        encoding = load_tag_encoding(tiktoken_cache_dir(os.environ))
+    except (CheckpointError, VocabularyError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    tokens, _ = encode_tags([tag_text(parse_tags(args.tags))], encoding)
+
+    failed = 0
+    for image, target in zip(args.images, targets, strict=True):
+        try:
+            coloured = colorize_image(read_rgb(image), colorizer, tokens[0])
+            print(write_png(coloured, target))
+        except (ColorizeError, OSError) as error:
+            print(f"{parser.prog}: error: {error}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

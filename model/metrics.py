@@ -1,0 +1,146 @@
+"""Colorization metrics on batches of uint8 images: PSNR and SSIM in RGB, ab error in Lab, colourfulness.
+
+Every function returns one value per image, so a caller can stream batches, concatenate, pick the best
+images and aggregate once. PSNR of an exact copy is ``inf``; :meth:`ImageMetrics.summary` averages the
+finite values and counts the copies separately, so one perfect image neither hides nor dominates the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import cv2
+import numpy as np
+
+from model.color import colorfulness, lab_u8_to_rgb
+
+MAX_VALUE = 255.0
+SSIM_SIGMA = 1.5
+SSIM_RADIUS = 5
+"""``int(3.5·σ + 0.5)``: the Gaussian window of Wang et al. (11×11), as scikit-image truncates it."""
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+_MAX_CHANNELS = 512
+"""OpenCV filters at most this many channels in one call."""
+
+
+def _check_pair(generated: np.ndarray, original: np.ndarray) -> None:
+    if generated.shape != original.shape or generated.ndim != 4 or generated.shape[-1] != 3:
+        raise ValueError(f"expected two (B, H, W, 3) batches of one shape, got {generated.shape} and {original.shape}")
+
+
+def psnr(generated: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """Per-image PSNR in dB of uint8 RGB batches ``(B, H, W, 3)`` (peak 255); ``inf`` for identical images."""
+    _check_pair(generated, original)
+    diff = generated.astype(np.float64) - original.astype(np.float64)
+    mse = np.mean(diff * diff, axis=(1, 2, 3))
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(MAX_VALUE**2 / mse)
+
+
+def _gaussian(x: np.ndarray) -> np.ndarray:
+    """Gaussian blur (σ 1.5, 11×11, mirrored border) of every image and channel of ``(B, H, W, C)``.
+
+    The batch is folded into the channel axis so OpenCV filters many images per call.
+    """
+    batch, height, width, channels = x.shape
+    per_call = max(1, _MAX_CHANNELS // channels)
+    parts = []
+    for start in range(0, batch, per_call):
+        chunk = x[start : start + per_call]
+        folded = np.ascontiguousarray(chunk.transpose(1, 2, 0, 3).reshape(height, width, -1))
+        size = 2 * SSIM_RADIUS + 1
+        blurred = cv2.GaussianBlur(folded, (size, size), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT)
+        parts.append(blurred.reshape(height, width, len(chunk), channels).transpose(2, 0, 1, 3))
+    return np.concatenate(parts)
+
+
+def ssim(generated: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """Per-image SSIM of uint8 RGB batches: Gaussian-window SSIM (Wang et al. 2004) per channel, averaged.
+
+    Population (not sample) covariances and the mean over the map without its 5-pixel border, as
+    ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``.
+    """
+    _check_pair(generated, original)
+    if min(generated.shape[1:3]) < 2 * SSIM_RADIUS + 1:
+        raise ValueError(f"SSIM needs images of at least {2 * SSIM_RADIUS + 1} pixels a side, got {generated.shape}")
+    x = generated.astype(np.float64)
+    y = original.astype(np.float64)
+    mu_x, mu_y = _gaussian(x), _gaussian(y)
+    var_x = _gaussian(x * x) - mu_x * mu_x
+    var_y = _gaussian(y * y) - mu_y * mu_y
+    cov = _gaussian(x * y) - mu_x * mu_y
+    c1 = (SSIM_K1 * MAX_VALUE) ** 2
+    c2 = (SSIM_K2 * MAX_VALUE) ** 2
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
+    inner = ssim_map[:, SSIM_RADIUS:-SSIM_RADIUS, SSIM_RADIUS:-SSIM_RADIUS]
+    return inner.mean(axis=(1, 2, 3))
+
+
+def ab_error(generated_ab: np.ndarray, original_ab: np.ndarray) -> np.ndarray:
+    """Per-image mean absolute error of encoded a, b ``(B, H, W, 2)``, in Lab units.
+
+    The 8-bit encoding stores ``a + 128`` and ``b + 128``, so one encoded level is one Lab unit.
+    """
+    if generated_ab.shape != original_ab.shape or generated_ab.ndim != 4 or generated_ab.shape[-1] != 2:
+        raise ValueError(
+            f"expected two (B, H, W, 2) batches of one shape, got {generated_ab.shape} and {original_ab.shape}"
+        )
+    diff = np.abs(generated_ab.astype(np.int16) - original_ab.astype(np.int16))
+    return diff.mean(axis=(1, 2, 3))
+
+
+@dataclass(frozen=True)
+class ImageMetrics:
+    """Per-image metrics of generated against original photos; each field has one value per image."""
+
+    psnr: np.ndarray
+    ssim: np.ndarray
+    ab_error: np.ndarray
+    colorfulness_generated: np.ndarray
+    colorfulness_original: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.psnr)
+
+    @classmethod
+    def concat(cls, parts: Sequence[ImageMetrics]) -> ImageMetrics:
+        """Join the metrics of consecutive batches."""
+        return cls(**{f.name: np.concatenate([getattr(part, f.name) for part in parts]) for f in fields(cls)})
+
+    def summary(self) -> dict[str, float | int]:
+        """Means over the images; PSNR over finite values only, with ``psnr_identical`` counting exact copies.
+
+        ``colorfulness_gap`` is generated minus original: negative when the colours come out too dull, the
+        usual failure of a regression-trained colorizer.
+        """
+        finite = np.isfinite(self.psnr)
+        mean_psnr = float(self.psnr[finite].mean()) if finite.any() else math.inf
+        generated = float(self.colorfulness_generated.mean())
+        original = float(self.colorfulness_original.mean())
+        return {
+            "n_images": len(self),
+            "psnr": mean_psnr,
+            "psnr_identical": int((~finite).sum()),
+            "ssim": float(self.ssim.mean()),
+            "ab_error": float(self.ab_error.mean()),
+            "colorfulness_generated": generated,
+            "colorfulness_original": original,
+            "colorfulness_gap": generated - original,
+        }
+
+
+def image_metrics(generated_lab: np.ndarray, original_lab: np.ndarray) -> ImageMetrics:
+    """All metrics of uint8 Lab batches ``(B, H, W, 3)`` in the contract's encoding; RGB ones via sRGB."""
+    _check_pair(generated_lab, original_lab)
+    generated_rgb = lab_u8_to_rgb(generated_lab)
+    original_rgb = lab_u8_to_rgb(original_lab)
+    return ImageMetrics(
+        psnr=psnr(generated_rgb, original_rgb),
+        ssim=ssim(generated_rgb, original_rgb),
+        ab_error=ab_error(generated_lab[..., 1:], original_lab[..., 1:]),
+        colorfulness_generated=np.asarray(colorfulness(generated_rgb), dtype=np.float64).reshape(-1),
+        colorfulness_original=np.asarray(colorfulness(original_rgb), dtype=np.float64).reshape(-1),
+    )

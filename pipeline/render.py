@@ -1,0 +1,129 @@
+"""Result collages: one row per photo (grey input | generated | original), its tags underneath.
+
+The layout is computed from integers alone (tile size and row count), never from font metrics, so a
+collage's pixel size is known in advance and the same on every machine.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from model.files import atomic_path
+
+COLUMNS = ("grey input", "generated", "original")
+ELLIPSIS = "…"
+BACKGROUND = (255, 255, 255)
+TEXT = (20, 20, 20)
+
+
+@dataclass(frozen=True)
+class CollageRow:
+    """One photo of a collage: three uint8 RGB ``(H, W, 3)`` images and its caption (the tags)."""
+
+    grey_rgb: np.ndarray
+    generated_rgb: np.ndarray
+    original_rgb: np.ndarray
+    caption: str
+
+    @property
+    def images(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.grey_rgb, self.generated_rgb, self.original_rgb
+
+
+@dataclass(frozen=True)
+class CollageLayout:
+    """Pixel geometry of a collage: margins around and between tiles, a header, a caption line per row."""
+
+    tile: int
+    n_rows: int
+    n_columns: int = len(COLUMNS)
+
+    @property
+    def margin(self) -> int:
+        return max(4, self.tile // 28)
+
+    @property
+    def font_size(self) -> int:
+        return max(10, self.tile // 14)
+
+    @property
+    def header_height(self) -> int:
+        return self.font_size + self.margin
+
+    @property
+    def caption_height(self) -> int:
+        return self.font_size + self.margin
+
+    @property
+    def width(self) -> int:
+        return self.n_columns * self.tile + (self.n_columns + 1) * self.margin
+
+    @property
+    def height(self) -> int:
+        return 2 * self.margin + self.header_height + self.n_rows * (self.tile + self.caption_height)
+
+    def tile_origin(self, row: int, column: int) -> tuple[int, int]:
+        """Top-left pixel ``(x, y)`` of a tile."""
+        x = self.margin + column * (self.tile + self.margin)
+        y = self.margin + self.header_height + row * (self.tile + self.caption_height)
+        return x, y
+
+    def caption_origin(self, row: int) -> tuple[int, int]:
+        """Top-left pixel ``(x, y)`` of a row's caption line, just below its tiles."""
+        x, y = self.tile_origin(row, 0)
+        return x, y + self.tile + self.margin // 4
+
+
+def fit_text(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> str:
+    """``text``, or its longest prefix that fits ``width`` pixels followed by an ellipsis."""
+    if font.getlength(text) <= width:
+        return text
+    fits = bisect.bisect_right(range(len(text) + 1), width, key=lambda n: font.getlength(text[:n] + ELLIPSIS))
+    return text[: max(fits - 1, 0)].rstrip(" ,") + ELLIPSIS
+
+
+def _tile_image(rgb: np.ndarray, tile: int) -> Image.Image:
+    """A uint8 RGB array as a ``tile``×``tile`` picture; other sizes are resized (collages show square crops)."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"collage images must be uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    image = Image.fromarray(rgb, mode="RGB")
+    if image.size != (tile, tile):
+        image = image.resize((tile, tile), Image.Resampling.LANCZOS)
+    return image
+
+
+def render_collage(
+    rows: Sequence[CollageRow],
+    path: Path,
+    tile: int = 224,
+    columns: tuple[str, ...] = COLUMNS,
+) -> Path:
+    """Draw ``rows`` under a header of column titles and write the PNG atomically to ``path``.
+
+    Pillow's built-in font is used, so rendering needs no font files and no network.
+    """
+    if not rows:
+        raise ValueError("a collage needs at least one row")
+    if len(columns) != len(COLUMNS):
+        raise ValueError(f"a collage has {len(COLUMNS)} columns, got titles {columns}")
+    layout = CollageLayout(tile=tile, n_rows=len(rows), n_columns=len(columns))
+    font = ImageFont.load_default(size=layout.font_size)
+    canvas = Image.new("RGB", (layout.width, layout.height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    for column, title in enumerate(columns):
+        x, _ = layout.tile_origin(0, column)
+        draw.text((x + tile / 2, layout.margin), fit_text(title, font, tile), fill=TEXT, font=font, anchor="mt")
+    caption_width = layout.width - 2 * layout.margin
+    for r, row in enumerate(rows):
+        for column, rgb in enumerate(row.images):
+            canvas.paste(_tile_image(rgb, tile), layout.tile_origin(r, column))
+        draw.text(layout.caption_origin(r), fit_text(row.caption, font, caption_width), fill=TEXT, font=font)
+    with atomic_path(path, suffix=".png") as tmp:
+        canvas.save(tmp, format="PNG")
+    return path

@@ -1,0 +1,121 @@
+"""Colouring user photos of any size with a tiny trained checkpoint: size and lightness kept, CLI behaviour."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.color import rgb_to_lab_u8
+from model.colorize import SUFFIX, colorize_image, main, parse_tags, rgb_keeping_lightness
+from model.contract import PAD_ID, TOKENS_PER_IMAGE
+from model.inference import Colorizer
+from pipeline.tokens import encode_tags, load_tag_encoding, tag_text
+
+pytest_plugins = ["tests.helpers_model"]
+
+WIDTH, HEIGHT = 101, 67
+
+
+def odd_photo() -> np.ndarray:
+    """A 101×67 photo with a gradient, a saturated disc and pure black and white corners."""
+    x = np.linspace(0, 255, WIDTH, dtype=np.float32)
+    rgb = np.stack(np.broadcast_arrays(x[None, :], np.full((HEIGHT, 1), 120.0), x[::-1][None, :]), axis=-1)
+    rgb = rgb.astype(np.uint8)
+    cv2.circle(rgb, (50, 33), 20, (230, 30, 40), thickness=-1)
+    rgb[:8, :8] = 0
+    rgb[-8:, -8:] = 255
+    return rgb
+
+
+@pytest.fixture(scope="module")
+def colorizer(tiny_checkpoint: Path) -> Colorizer:
+    return Colorizer.from_checkpoint(tiny_checkpoint)
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, vocabulary_dir: Path) -> None:
+    """The CLI finds the vocabulary where tiktoken's cache variable points."""
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(vocabulary_dir))
+
+
+def test_colorize_keeps_size_and_lightness(colorizer: Colorizer, vocabulary_dir: Path) -> None:
+    rgb = odd_photo()
+    tokens, _ = encode_tags([tag_text(["red", "circle"])], load_tag_encoding(vocabulary_dir))
+    coloured = colorize_image(rgb, colorizer, tokens[0])
+    assert coloured.shape == rgb.shape and coloured.dtype == np.uint8
+    lab_in, lab_out = rgb_to_lab_u8(rgb), rgb_to_lab_u8(coloured)
+    assert np.abs(lab_out[..., 0].astype(int) - lab_in[..., 0]).max() <= 1
+    assert np.abs(lab_out[..., 1:].astype(int) - 128).max() > 2, "the checkpoint added no colour at all"
+    assert not np.array_equal(coloured, rgb)
+
+
+def test_colorize_refuses_bad_tokens_and_images(colorizer: Colorizer) -> None:
+    with pytest.raises(ValueError, match="tokens"):
+        colorize_image(odd_photo(), colorizer, np.full(TOKENS_PER_IMAGE + 1, PAD_ID))
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        colorize_image(odd_photo()[..., 0], colorizer, np.full(TOKENS_PER_IMAGE, PAD_ID))
+
+
+def test_out_of_gamut_colour_is_desaturated_not_darkened() -> None:
+    lightness = np.tile(np.arange(256, dtype=np.uint8), (4, 1))
+    extreme = np.zeros((4, 256, 2), dtype=np.uint8)
+    extreme[..., 0] = 255
+    rgb = rgb_keeping_lightness(lightness, extreme)
+    assert np.abs(rgb_to_lab_u8(rgb)[..., 0].astype(int) - lightness).max() <= 1
+    mild_lab = rgb_to_lab_u8(np.full((2, 2, 3), (150, 110, 90), dtype=np.uint8))
+    mild = rgb_keeping_lightness(mild_lab[..., 0], mild_lab[..., 1:])
+    np.testing.assert_allclose(rgb_to_lab_u8(mild)[..., 1:], mild_lab[..., 1:], atol=1)
+
+
+def test_parse_tags() -> None:
+    assert parse_tags(" red, sky\nsea,,  \n") == ["red", "sky", "sea"]
+    assert parse_tags("") == []
+
+
+def test_cli_colours_photos_at_their_size_and_upright(tmp_path: Path, tiny_checkpoint: Path, cli_env: None) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(odd_photo()).save(photos / "odd.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(odd_photo()).save(photos / "turned.jpg", exif=exif)
+    out = tmp_path / "out"
+    argv = [str(photos / "odd.png"), str(photos / "turned.jpg"), "--checkpoint", str(tiny_checkpoint)]
+    assert main([*argv, "--tags", "red, circle", "--out", str(out)]) == 0
+    with Image.open(out / f"odd{SUFFIX}") as image:
+        assert image.size == (WIDTH, HEIGHT)
+    with Image.open(out / f"turned{SUFFIX}") as image:
+        assert image.size == (HEIGHT, WIDTH)
+    assert sorted(p.name for p in out.iterdir()) == [f"odd{SUFFIX}", f"turned{SUFFIX}"]
+    assert main([str(photos / "odd.png"), "--checkpoint", str(tiny_checkpoint)]) == 0
+    assert (photos / f"odd{SUFFIX}").is_file()
+
+
+def test_cli_reports_bad_files_and_goes_on(
+    tmp_path: Path, tiny_checkpoint: Path, cli_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    Image.fromarray(odd_photo()).save(tmp_path / "good.png")
+    images = [str(tmp_path / name) for name in ("missing.jpg", "notes.jpg", "good.png")]
+    assert main([*images, "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "out")]) == 1
+    errors = capsys.readouterr().err
+    assert "missing.jpg: no such file" in errors
+    assert "notes.jpg: not a readable image" in errors
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [f"good{SUFFIX}"]
+
+
+def test_cli_errors_on_a_missing_checkpoint_or_clashing_names(
+    tmp_path: Path, cli_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "a.png"), "--checkpoint", str(tmp_path / "none.pt")])
+    assert exit_info.value.code == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "x" / "a.png"), str(tmp_path / "y" / "a.jpg"), "--checkpoint", "c.pt", "--out", "o"])
+    assert "several photos would be written" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not Path("o").exists()
