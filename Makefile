@@ -27,7 +27,7 @@ demo: setup
 	$(MATERIALIZE) --select 'sample/tag_tokens'
 	$(MATERIALIZE) --select 'sample/data_stats'
 	$(MATERIALIZE) --select 'sample/colorizer' --config $(SAMPLE_RUN_CONFIG)
-	$(MATERIALIZE) --select 'sample/evaluation' --config $(SAMPLE_RUN_CONFIG)
+	$(MATERIALIZE) --select 'sample/evaluation'
 	@echo "collage: $(DATA)/sample/evaluation/result_collage.png  report: $(DATA)/sample/stats/data_stats.md"
 
 lint: setup
