@@ -189,7 +189,9 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
                 f"shard {result.shard:03d}: {result.n_valid}/{result.n_images} valid in {result.seconds:.1f} s"
             )
 
-        results = convert_shards(spec, paths, shards, workers=config.workers or None, progress=progress)
+        results = convert_shards(
+            spec, paths, shards, storage.vocabulary_dir, workers=config.workers or None, progress=progress
+        )
         problems = [problem for result in results for problem in shard_problems(spec, paths, result.shard)]
         reasons: dict[str, int] = {}
         for result in results:

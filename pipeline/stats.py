@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from model.contract import O200K_VOCAB_SIZE, PAD_ID, TOKENS_PER_IMAGE, VOCAB_SIZE_WITH_PAD
 from model.files import atomic_path
+from pipeline.convert import read_images_table
 from pipeline.datasets import DatasetPaths
 from pipeline.report import write_report
 
@@ -171,11 +172,6 @@ def channel_tables(hist: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
     return channels, pd.DataFrame(rows)
 
 
-def _read_images_table(paths: DatasetPaths) -> pd.DataFrame:
-    """All shards' rows of ``images.parquet`` in the global order (ascending image id)."""
-    return pd.read_parquet(paths.images_table).sort_values("image_id", ignore_index=True)
-
-
 def shard_table(images: pd.DataFrame, n_shards: int) -> pd.DataFrame:
     """Per shard: images, valid, invalid (in total and per reason), grayscale and mean colourfulness.
 
@@ -301,7 +297,7 @@ def compute_data_stats(
 ) -> DataStatsResult:
     """Compute every table, write them with ``data_stats.md`` and the plots under ``paths.stats``."""
     began = time.perf_counter()
-    images = _read_images_table(paths)
+    images = read_images_table(paths)
     present = set(images["shard"].unique().tolist())
     if present != set(range(n_shards)):
         missing, extra = sorted(set(range(n_shards)) - present), sorted(present - set(range(n_shards)))

@@ -31,6 +31,7 @@ from model.contract import PAD_ID, TOKENS_PER_IMAGE, VOCAB_SIZE_WITH_PAD
 from model.files import atomic_path, atomic_write_bytes
 from pipeline.datasets import DatasetPaths, DatasetSpec
 from pipeline.sources.layouts import ArchiveLayout
+from pipeline.sources.members import count_unsafe_members
 
 O200K_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
 O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
@@ -318,15 +319,27 @@ def read_tags(archive: zipfile.ZipFile, layout: ArchiveLayout, ids: Sequence[int
     return TagBatch(tags=tags, missing=missing, invalid_utf8=invalid)
 
 
+def tag_counts(
+    archive: zipfile.ZipFile, layout: ArchiveLayout, ids: Sequence[int], encoding: tiktoken.Encoding
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n_tags`` and ``n_tokens`` (before truncation to 20) of images ``ids``, int32 each."""
+    batch = read_tags(archive, layout, ids)
+    _, n_tokens = encode_tags([tag_text(tags) for tags in batch.tags], encoding, num_threads=1)
+    return np.fromiter(map(len, batch.tags), dtype=np.int32, count=len(batch.tags)), n_tokens
+
+
 @dataclass(frozen=True)
 class TagTokensResult:
-    """What ``build_tag_tokens`` wrote and counted. ``empty`` counts images without tags, missing included."""
+    """What ``build_tag_tokens`` wrote and counted. ``empty`` counts images without tags, missing included;
+    ``unsafe_members`` counts the tag archive's members named outside the extraction directory (never read).
+    For MIRFLICKR-25k the photos share that archive, so ``lab_shards`` reports the same members again."""
 
     n_images: int
     missing: int
     invalid_utf8: int
     empty: int
     truncated: int
+    unsafe_members: int
     distinct_tokens: int
     seconds: float
     tokens_path: Path
@@ -359,6 +372,7 @@ def build_tag_tokens(
         atomic_path(paths.tags_table, suffix=".parquet") as table_tmp,
         atomic_path(paths.tokens, suffix=".npy") as tokens_tmp,
     ):
+        unsafe = count_unsafe_members(archive)
         out = np.lib.format.open_memmap(tokens_tmp, mode="w+", dtype=np.int32, shape=(n, TOKENS_PER_IMAGE))
         with pq.ParquetWriter(table_tmp, TAGS_SCHEMA) as writer:
             for start in range(0, n, chunk_size):
@@ -395,6 +409,7 @@ def build_tag_tokens(
         invalid_utf8=invalid,
         empty=empty,
         truncated=truncated,
+        unsafe_members=unsafe,
         distinct_tokens=int(seen[:PAD_ID].sum()),
         seconds=time.perf_counter() - started,
         tokens_path=paths.tokens,

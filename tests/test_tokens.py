@@ -317,6 +317,7 @@ def tags_1m(tmp_path: Path) -> DatasetPaths:
     layout = ArchiveLayout("mirflickr1m")
     members = {layout.tag_member(i): raw for i, raw in TAGS_1M.items() if raw is not None}
     members["../evil.txt"] = b"evil"
+    members["/etc/evil.txt"] = b"evil"
     members["tags/0/3.txt.bak"] = b"not the member of id 3"
     write_zip(paths.archive("tags"), members)
     return paths
@@ -351,6 +352,7 @@ def test_build_tag_tokens_1m_layout(
     ]
 
     assert (result.n_images, result.missing, result.invalid_utf8, result.empty) == (10, 1, 1, 2)
+    assert result.unsafe_members == 2, "../evil.txt and /etc/evil.txt; tags/0/3.txt.bak is a safe name"
     assert result.truncated == sum(n > TOKENS_PER_IMAGE for n in n_full) == 1
     assert result.distinct_tokens == len(set(expected.ravel().tolist()) - {PAD_ID})
     assert result.seconds > 0
@@ -381,6 +383,7 @@ def test_build_tag_tokens_25k_layout(tmp_path: Path, encoding: tiktoken.Encoding
             "mirflickr/im1.jpg": b"\xff\xd8",
             "mirflickr/meta/tags/tags1.txt": b"explore\nflower\n",
             "mirflickr/meta/tags/tags3.txt": b"bw\n",
+            "../evil.jpg": b"\xff\xd8",
         },
     )
     result = build_tag_tokens(sample_spec(3, "mirflickr25k"), paths, encoding)
@@ -388,6 +391,7 @@ def test_build_tag_tokens_25k_layout(tmp_path: Path, encoding: tiktoken.Encoding
     assert np.load(paths.tokens).tolist() == expected
     assert pq.read_table(paths.tags_table).column("tags").to_pylist() == [["explore", "flower"], [], ["bw"]]
     assert (result.missing, result.empty, result.invalid_utf8, result.truncated) == (1, 1, 0, 0)
+    assert result.unsafe_members == 1, "the photos' ../evil.jpg: 25k keeps photos and tags in one archive"
 
 
 def test_missing_tag_archive_is_named(tmp_path: Path, encoding: tiktoken.Encoding) -> None:

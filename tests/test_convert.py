@@ -1,0 +1,408 @@
+"""pipeline.convert: photos in MIRFLICKR-1M-layout zips → Lab shards and images.parquet rows."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import shutil
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from skimage.color import rgb2lab
+
+import pipeline.convert as convert
+from model.color import colorfulness
+from pipeline.convert import (
+    ImageDecodeError,
+    ShardResult,
+    convert_shard,
+    convert_shards,
+    decode_to_lab,
+    read_images_table,
+)
+from pipeline.datasets import DatasetPaths, load_dataset_spec
+from pipeline.sources.members import is_unsafe_member
+from pipeline.tokens import build_tag_tokens, load_tag_encoding
+
+SIZE = 32
+SPEC = dataclasses.replace(load_dataset_spec("sample"), n_images=12, shard_size=5, image_size=SIZE)
+LAYOUT = SPEC.layout
+SMALL, LARGE, GREY, CMYK, PNG, MISSING, EMPTY, TRUNCATED, CORRUPT, PORTRAIT, NEUTRAL, SEPIA = range(12)
+BAD = {MISSING: "missing", EMPTY: "empty", TRUNCATED: "truncated", CORRUPT: "undecodable"}
+UNSAFE = ("../evil.jpg", "images/0/../../../escape.jpg")
+UNSAFE_TAGS = ("/etc/evil.txt",)
+TAGS: dict[int, tuple[bytes, list[str]]] = {
+    SMALL: (b"sky\nblue\n", ["sky", "blue"]),
+    LARGE: (b"  sunset \r\n\r\nbeach\r\n", ["sunset", "beach"]),
+    GREY: (b"bw\nblackandwhite\n", ["bw", "blackandwhite"]),
+    CMYK: (b"", []),
+    PNG: ("café\n東京\n".encode(), ["café", "東京"]),
+    EMPTY: (b"caf\xe9\n", ["café"]),
+    TRUNCATED: (
+        "\n".join(f"interestingness{i}" for i in range(12)).encode(),
+        [f"interestingness{i}" for i in range(12)],
+    ),
+    **{i: (f"tag{i}\n".encode(), [f"tag{i}"]) for i in (CORRUPT, PORTRAIT, NEUTRAL, SEPIA)},
+}
+"""Tag files by image id (raw bytes, expected tags); MISSING has no tag file at all."""
+
+
+def picture(seed: int, width: int, height: int) -> np.ndarray:
+    """Smooth colour gradients with noise: uint8 RGB whose resize and colour conversion are not trivial."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width] / max(width, height)
+    ramps = np.stack([rng.uniform(-90, 90) * xs + rng.uniform(-90, 90) * ys for _ in range(3)], axis=-1)
+    noisy = rng.uniform(60, 190, 3) + ramps + rng.normal(0.0, 12.0, (height, width, 3))
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def toned(seed: int, cast: tuple[float, float, float], gain: tuple[float, float, float]) -> np.ndarray:
+    """A greyscale picture printed with a colour ``gain`` per channel plus ``cast`` and a little noise."""
+    grey = picture(seed, 40, 40).mean(axis=-1, keepdims=True)
+    noise = np.random.default_rng(seed).normal(0.0, 1.5, (40, 40, 3))
+    return np.clip(grey * np.array(gain) + np.array(cast) + noise, 0, 255).astype(np.uint8)
+
+
+def encoded(image: Image.Image, fmt: str = "JPEG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def photos() -> dict[int, bytes]:
+    """Member bytes by image id: good photos of several kinds and every kind of bad one (MISSING absent)."""
+    good = encoded(Image.fromarray(picture(7, 64, 48)))
+    return {
+        SMALL: encoded(Image.fromarray(picture(0, 60, 44))),
+        LARGE: encoded(Image.fromarray(picture(1, 300, 200))),
+        GREY: encoded(Image.fromarray(picture(2, 50, 40)).convert("L")),
+        CMYK: encoded(Image.fromarray(picture(3, 48, 40)).convert("CMYK")),
+        PNG: encoded(Image.fromarray(picture(4, 40, 40)).convert("RGBA"), "PNG"),
+        EMPTY: b"",
+        TRUNCATED: good[: len(good) * 2 // 3],
+        CORRUPT: np.random.default_rng(9).bytes(3000),
+        PORTRAIT: encoded(Image.fromarray(picture(5, 40, 70))),
+        NEUTRAL: encoded(Image.fromarray(toned(10, (2.0, 0.0, -2.0), (1.0, 1.0, 1.0)))),
+        SEPIA: encoded(Image.fromarray(toned(11, (10.0, 10.0, 10.0), (1.0, 0.9, 0.75)))),
+    }
+
+
+def write_raw(paths: DatasetPaths, images: dict[int, bytes]) -> None:
+    paths.raw.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(paths.archive("images0"), "w") as archive:
+        for image_id, data in images.items():
+            archive.writestr(LAYOUT.image_member(image_id), data)
+        for name in UNSAFE:
+            archive.writestr(name, images[SMALL])
+    with zipfile.ZipFile(paths.archive("tags"), "w") as archive:
+        for image_id, (raw, _) in TAGS.items():
+            archive.writestr(LAYOUT.tag_member(image_id), raw)
+        for name in UNSAFE_TAGS:
+            archive.writestr(name, b"sky\n")
+
+
+def reference_lab(data: bytes, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """RGB and Lab of a photo computed without pipeline code: OpenCV decode, then :func:`square_lab`."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    return square_lab(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)
+
+
+def square_lab(rgb: np.ndarray, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy center crop, Pillow box resize of the crop alone, OpenCV Lab."""
+    height, width = rgb.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = np.asarray(Image.fromarray(rgb[top : top + side, left : left + side]).resize((size, size), Image.BOX))
+    return square, cv2.cvtColor(square, cv2.COLOR_RGB2LAB)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory, vocabulary_dir: Path) -> tuple[DatasetPaths, list[ShardResult]]:
+    """The test archives, every shard converted in this process with 2-row windows (so rows cross windows)."""
+    paths = DatasetPaths(tmp_path_factory.mktemp("convert") / "sample")
+    write_raw(paths, photos())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(convert, "WINDOW_ROWS", 2)
+        results = [convert_shard(SPEC, paths, shard, vocabulary_dir) for shard in range(SPEC.n_shards)]
+    return paths, results
+
+
+def row_of(paths: DatasetPaths, image_id: int) -> np.ndarray:
+    return np.load(paths.shard(image_id // SPEC.shard_size))[image_id % SPEC.shard_size]
+
+
+def test_lab_contract_exact_and_close_to_float_reference(dataset: tuple[DatasetPaths, list[ShardResult]]) -> None:
+    paths, _ = dataset
+    rgb, lab = reference_lab(photos()[SMALL])
+    np.testing.assert_array_equal(row_of(paths, SMALL), lab)
+    exact = rgb2lab(rgb / 255.0)
+    exact_u8 = np.stack([exact[..., 0] * 255.0 / 100.0, exact[..., 1] + 128.0, exact[..., 2] + 128.0], axis=-1)
+    gap = np.abs(row_of(paths, SMALL).astype(np.float64) - exact_u8).mean(axis=(0, 1))
+    assert (gap <= 1.0).all(), gap
+
+
+def test_large_photo_is_decoded_reduced_but_close(dataset: tuple[DatasetPaths, list[ShardResult]]) -> None:
+    paths, _ = dataset
+    decoded = decode_to_lab(photos()[LARGE], SIZE)
+    assert (decoded.width, decoded.height, decoded.format) == (300, 200, "JPEG")
+    np.testing.assert_array_equal(row_of(paths, LARGE), decoded.lab)
+    _, full = reference_lab(photos()[LARGE])
+    assert not np.array_equal(decoded.lab, full), "a 300×200 photo should be DCT-scaled for a 32² target"
+    assert np.abs(decoded.lab.astype(int) - full).mean() <= 1.5
+
+
+def test_rows_stay_aligned_with_image_ids(dataset: tuple[DatasetPaths, list[ShardResult]]) -> None:
+    paths, results = dataset
+    shards = [np.load(paths.shard(shard)) for shard in range(SPEC.n_shards)]
+    assert [s.shape for s in shards] == [(5, SIZE, SIZE, 3), (5, SIZE, SIZE, 3), (2, SIZE, SIZE, 3)]
+    assert all(s.dtype == np.uint8 for s in shards)
+    for image_id, data in photos().items():
+        if image_id not in BAD:
+            expected = decode_to_lab(data, SIZE).lab
+            np.testing.assert_array_equal(shards[image_id // 5][image_id % 5], expected, err_msg=str(image_id))
+    assert [(r.shard, r.n_images, r.path) for r in results] == [
+        (s, len(SPEC.shard_ids(s)), paths.shard(s)) for s in range(3)
+    ]
+
+
+def test_bad_photos_keep_zero_rows_and_reasons(dataset: tuple[DatasetPaths, list[ShardResult]]) -> None:
+    paths, results = dataset
+    table = read_images_table(paths).set_index("image_id")
+    for image_id, reason in BAD.items():
+        assert not row_of(paths, image_id).any()
+        assert not table.loc[image_id, "valid"]
+        assert table.loc[image_id, "reason"] == reason
+    assert tuple(table.loc[TRUNCATED, ["width", "height"]]) == (64, 48), "a truncated photo's size is known"
+    assert (table.loc[[MISSING, EMPTY, CORRUPT], ["width", "height"]] == 0).all(axis=None)
+    assert (table.loc[table["valid"], "reason"] == "").all()
+    assert table["valid"].sum() == 12 - len(BAD)
+    first, second, third = (r.reasons for r in results)
+    assert first == {**dict.fromkeys(convert.COUNTED, 0), "not_jpeg": 1, "unsafe_members": len(UNSAFE)}
+    assert second == {**dict.fromkeys(convert.COUNTED, 0), **{reason: 1 for reason in BAD.values()}}
+    assert not any(third.values())
+    assert [r.n_valid for r in results] == [5, 1, 2]
+
+
+def test_images_table_columns(dataset: tuple[DatasetPaths, list[ShardResult]], vocabulary_dir: Path) -> None:
+    paths, results = dataset
+    schema = pq.read_schema(paths.shard_rows(0))
+    assert schema == convert.ROWS_SCHEMA.with_metadata(schema.metadata)
+    table = read_images_table(paths)
+    assert table["image_id"].tolist() == list(range(12))
+    assert table["shard"].tolist() == [i // 5 for i in range(12)]
+    assert table["row"].tolist() == [i % 5 for i in range(12)]
+    encoding = load_tag_encoding(vocabulary_dir)
+    expected = {i: TAGS.get(i, (b"", []))[1] for i in range(12)}
+    assert table["n_tags"].tolist() == [len(expected[i]) for i in range(12)]
+    assert table["n_tokens"].tolist() == [len(encoding.encode_ordinary(" ".join(expected[i]))) for i in range(12)]
+    assert table.loc[TRUNCATED, "n_tokens"] > 20, "n_tokens counts every token, not only the 20 kept"
+    assert table.loc[SMALL, ["width", "height"]].tolist() == [60, 44]
+    assert table.loc[PORTRAIT, ["width", "height"]].tolist() == [40, 70]
+    assert table["is_grayscale"].tolist() == [i in (GREY, NEUTRAL) for i in range(12)], "a sepia print is colour"
+    rgb, _ = reference_lab(photos()[SMALL])
+    assert table.loc[SMALL, "colorfulness"] == pytest.approx(colorfulness(rgb), rel=1e-5)
+    assert table.loc[GREY, "colorfulness"] == pytest.approx(0.0, abs=1e-6)
+    assert (table.loc[table["valid"] & ~table["is_grayscale"], "colorfulness"] > 5).all()
+    assert (table.loc[~table["valid"], ["colorfulness"]] == 0).all(axis=None)
+    assert [r.n_grayscale for r in results] == [1, 0, 1]
+    valid = table[table["valid"]]
+    for result in results:
+        assert result.mean_colorfulness == pytest.approx(valid[valid["shard"] == result.shard]["colorfulness"].mean())
+
+
+def test_cmyk_png_and_greyscale_are_converted(dataset: tuple[DatasetPaths, list[ShardResult]]) -> None:
+    paths, _ = dataset
+    _, source = square_lab(picture(3, 48, 40))
+    gap = np.abs(row_of(paths, CMYK).astype(int) - source).mean(axis=(0, 1))
+    assert (gap < 3.0).all(), f"{gap}: inverted CMYK would be 25+ levels off"
+    png = decode_to_lab(photos()[PNG], SIZE)
+    assert (png.format, png.is_jpeg) == ("PNG", False)
+    np.testing.assert_array_equal(png.lab, square_lab(picture(4, 40, 40))[1])
+    grey = row_of(paths, GREY)
+    assert np.abs(grey[..., 1:].astype(int) - 128).max() <= 1
+
+
+def test_decode_to_lab_edge_cases(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ImageDecodeError) as error:
+        decode_to_lab(b"", SIZE)
+    assert (error.value.reason, error.value.width) == ("empty", 0)
+    clear = np.zeros((40, 40, 4), dtype=np.uint8)
+    np.testing.assert_array_equal(decode_to_lab(encoded(Image.fromarray(clear), "PNG"), 8).lab[..., 0], 255)
+    deep = picture(8, 40, 40)[..., 0].astype(np.uint16) * 257
+    grey16 = decode_to_lab(encoded(Image.fromarray(deep), "PNG"), 40)
+    np.testing.assert_array_equal(grey16.rgb[..., 0], deep // 257)
+    palette = Image.fromarray(picture(9, 40, 40)).convert("P")
+    np.testing.assert_array_equal(decode_to_lab(encoded(palette, "PNG"), 40).rgb, np.asarray(palette.convert("RGB")))
+    with pytest.raises(ImageDecodeError) as error:
+        decode_to_lab(encoded(Image.fromarray(picture(10, 40, 40)), "ICO"), SIZE)
+    assert error.value.reason == "undecodable"
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageDecodeError) as error:
+        decode_to_lab(photos()[SMALL], SIZE)
+    assert error.value.reason == "too_large"
+
+
+def test_unsafe_members_are_counted_never_read(
+    tmp_path: Path, vocabulary_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert [is_unsafe_member(name) for name in (*UNSAFE, "/abs.jpg", "C:/x.jpg", "a\\..\\..\\b.jpg")] == [True] * 5
+    assert not any(map(is_unsafe_member, ("images/0/1.jpg", "a..b/c.jpg", "images/0/..jpg")))
+    opened: list[str] = []
+    original = zipfile.ZipFile.open
+
+    def spy(self: zipfile.ZipFile, name: str | zipfile.ZipInfo, *args: object, **kwargs: object) -> object:
+        opened.append(name.filename if isinstance(name, zipfile.ZipInfo) else name)
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", spy)
+    paths = DatasetPaths(tmp_path / "sample")
+    write_raw(paths, photos())
+    opened.clear()
+    assert build_tag_tokens(SPEC, paths, load_tag_encoding(vocabulary_dir)).unsafe_members == len(UNSAFE_TAGS)
+    result = convert_shard(SPEC, paths, 0, vocabulary_dir)
+    assert result.reasons["unsafe_members"] == len(UNSAFE), "the tag archive's are counted by tag_tokens"
+    assert opened and not any(map(is_unsafe_member, opened))
+    assert read_images_table(paths)["n_tags"].tolist() == [len(TAGS[i][1]) for i in SPEC.shard_ids(0)]
+
+
+def test_oversized_and_damaged_members(tmp_path: Path, vocabulary_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = DatasetPaths(tmp_path / "sample")
+    write_raw(paths, photos())
+    member = LAYOUT.image_member(SMALL)
+    with zipfile.ZipFile(paths.archive("images0")) as archive:
+        info = archive.getinfo(member)
+    with paths.archive("images0").open("r+b") as file:
+        file.seek(info.header_offset + 30 + len(info.filename.encode()) + 100)
+        byte = file.read(1)
+        file.seek(-1, io.SEEK_CUR)
+        file.write(bytes([byte[0] ^ 0xFF]))
+    result = convert_shard(SPEC, paths, 0, vocabulary_dir)
+    assert result.reasons["bad_member"] == 1
+    assert read_images_table(paths).set_index("image_id").loc[SMALL, "reason"] == "bad_member"
+    assert len(photos()[LARGE]) == max(len(photos()[i]) for i in SPEC.shard_ids(0))
+    monkeypatch.setattr(convert, "MAX_MEMBER_BYTES", len(photos()[LARGE]) - 1)
+    result = convert_shard(SPEC, paths, 0, vocabulary_dir)
+    assert (result.reasons["too_large"], result.reasons["bad_member"], result.n_valid) == (1, 1, 3)
+
+
+def listing(paths: DatasetPaths) -> list[str]:
+    return sorted(str(p.relative_to(paths.root)) for p in paths.root.rglob("*") if p.is_file() and "raw" not in p.parts)
+
+
+def test_rerun_replaces_shard_atomically(tmp_path: Path, vocabulary_dir: Path) -> None:
+    paths = DatasetPaths(tmp_path / "sample")
+    write_raw(paths, photos())
+    convert_shard(SPEC, paths, 1, vocabulary_dir)
+    before = paths.shard(1).stat().st_ino, paths.shard_rows(1).stat().st_ino
+    assert not np.load(paths.shard(1))[CORRUPT - 5].any()
+    write_raw(paths, {**photos(), CORRUPT: photos()[NEUTRAL]})
+    result = convert_shard(SPEC, paths, 1, vocabulary_dir)
+    assert (paths.shard(1).stat().st_ino, paths.shard_rows(1).stat().st_ino) != before
+    np.testing.assert_array_equal(np.load(paths.shard(1))[CORRUPT - 5], decode_to_lab(photos()[NEUTRAL], SIZE).lab)
+    assert result.reasons["undecodable"] == 0 and read_images_table(paths).set_index("image_id").loc[CORRUPT, "valid"]
+    assert listing(paths) == ["images.parquet/001.parquet", "shards/lab_001.npy"]
+
+
+def test_failure_mid_shard_leaves_no_file(
+    tmp_path: Path, vocabulary_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = DatasetPaths(tmp_path / "sample")
+    write_raw(paths, photos())
+    convert_shard(SPEC, paths, 1, vocabulary_dir)
+    kept = paths.shard(1).read_bytes(), paths.shard_rows(1).read_bytes()
+    calls: list[int] = []
+
+    def failing(data: bytes, size: int) -> convert.DecodedImage:
+        calls.append(size)
+        if len(calls) == 3:
+            raise RuntimeError("worker killed")
+        return decode_to_lab(data, size)
+
+    monkeypatch.setattr(convert, "decode_to_lab", failing)
+    for shard in (0, 1):
+        calls.clear()
+        with pytest.raises(RuntimeError, match="worker killed"):
+            convert_shard(SPEC, paths, shard, vocabulary_dir)
+    assert (paths.shard(1).read_bytes(), paths.shard_rows(1).read_bytes()) == kept
+    assert listing(paths) == ["images.parquet/001.parquet", "shards/lab_001.npy"]
+
+
+def test_convert_shards_parallel_matches_serial(
+    dataset: tuple[DatasetPaths, list[ShardResult]], tmp_path: Path, vocabulary_dir: Path
+) -> None:
+    reference, serial_results = dataset
+    outputs = {}
+    for workers in (1, 2):
+        paths = DatasetPaths(tmp_path / f"workers{workers}")
+        shutil.copytree(reference.raw, paths.raw)
+        reported: list[ShardResult] = []
+        results = convert_shards(SPEC, paths, [2, 0, 1, 0], vocabulary_dir, workers=workers, progress=reported.append)
+        assert [r.shard for r in results] == [2, 0, 1]
+        assert sorted(r.shard for r in reported) == [0, 1, 2]
+        assert [dataclasses.replace(r, seconds=0, path=reference.shard(r.shard)) for r in results] == [
+            dataclasses.replace(serial_results[s], seconds=0) for s in (2, 0, 1)
+        ]
+        outputs[workers] = paths
+    for shard in range(SPEC.n_shards):
+        expected = reference.shard(shard).read_bytes()
+        assert outputs[1].shard(shard).read_bytes() == expected == outputs[2].shard(shard).read_bytes()
+    for paths in outputs.values():
+        pd.testing.assert_frame_equal(read_images_table(paths), read_images_table(reference))
+    assert convert_shards(SPEC, reference, [], vocabulary_dir) == []
+
+
+def test_missing_inputs_are_named(tmp_path: Path, vocabulary_dir: Path) -> None:
+    paths = DatasetPaths(tmp_path / "sample")
+    write_raw(paths, photos())
+    assert convert_shard(SPEC, paths, 0, vocabulary_dir).n_valid == 5, "no tokens.npy or tags.parquet is needed"
+    paths.archive("tags").unlink()
+    with pytest.raises(FileNotFoundError, match=r"tags\.zip not found; materialize it first"):
+        convert_shard(SPEC, paths, 1, vocabulary_dir)
+    with pytest.raises(FileNotFoundError, match=r"tags\.zip not found; materialize it first"):
+        convert_shards(SPEC, paths, [1], vocabulary_dir, workers=1)
+    write_raw(paths, photos())
+    paths.archive("images0").unlink()
+    with pytest.raises(FileNotFoundError, match=r"images0\.zip not found; materialize it first"):
+        convert_shard(SPEC, paths, 0, vocabulary_dir)
+    assert listing(paths) == ["images.parquet/000.parquet", "shards/lab_000.npy"], "shard 0 kept, nothing half made"
+
+
+def test_shard_is_mapped_a_window_at_a_time(
+    tmp_path: Path, vocabulary_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory stays bounded whatever the shard size: never more than WINDOW_ROWS rows are mapped."""
+    paths = DatasetPaths(tmp_path / "sample")
+    write_raw(paths, photos())
+    mapped: list[int] = []
+    original = np.memmap
+
+    def spy(*args: object, **kwargs: object) -> np.memmap:
+        array = original(*args, **kwargs)
+        mapped.append(len(array))
+        return array
+
+    monkeypatch.setattr(np, "memmap", spy)
+    monkeypatch.setattr(convert, "WINDOW_ROWS", 2)
+    convert_shard(SPEC, paths, 0, vocabulary_dir)
+    assert mapped[1:] == [2, 2, 1], "the first mapping only writes the header"
+
+
+def test_mirflickr25k_layout_reads_photos_and_tags_from_one_archive(tmp_path: Path, vocabulary_dir: Path) -> None:
+    spec = dataclasses.replace(load_dataset_spec("mirflickr25k"), n_images=3, shard_size=2, image_size=SIZE)
+    paths = DatasetPaths(tmp_path / "mirflickr25k")
+    paths.raw.mkdir(parents=True)
+    with zipfile.ZipFile(paths.archive("mirflickr25k"), "w") as archive:
+        for image_id in range(3):
+            archive.writestr(spec.layout.image_member(image_id), photos()[SMALL])
+            archive.writestr(spec.layout.tag_member(image_id), "sky\n" * image_id)
+        archive.writestr("../evil.jpg", photos()[SMALL])
+    results = [convert_shard(spec, paths, shard, vocabulary_dir) for shard in range(spec.n_shards)]
+    assert [(r.n_images, r.n_valid, r.reasons["unsafe_members"]) for r in results] == [(2, 2, 1), (1, 1, 0)]
+    assert read_images_table(paths)["n_tags"].tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(np.load(paths.shard(1))[0], reference_lab(photos()[SMALL])[1])
