@@ -1,0 +1,184 @@
+"""Checkpoints: everything needed to resume a run exactly, written atomically and checked when read.
+
+A checkpoint is a plain dict of tensors and Python values (loadable with ``weights_only=True``): both
+networks, the EMA generator, both optimizers, step, data position, every rank's RNG states, the token index
+and the config. Loading validates it completely and builds fresh objects, so a bad file never leaves a
+half-restored run behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.config import ARCHITECTURE_KEYS, TrainConfig
+from model.data import Position, TokenIndex
+from model.files import atomic_path
+from model.networks import Critic, Generator
+
+FORMAT = "tagcolor-cwgan-gp"
+VERSION = 1
+LATEST = "latest.pt"
+STEP_NAME = "ckpt_{step:08d}.pt"
+
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "version": int,
+    "generator": dict,
+    "critic": dict,
+    "ema": dict,
+    "opt_g": dict,
+    "opt_d": dict,
+    "step": int,
+    "epoch": int,
+    "offset": int,
+    "rng": list,
+    "token_index": torch.Tensor,
+    "config": dict,
+}
+
+
+class CheckpointError(RuntimeError):
+    """A file is not a readable checkpoint of this project, or does not fit the run."""
+
+
+def architecture(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The network-shaping values of a config (as a dict, so a saved config works too)."""
+    return {key: config[key] for key in ARCHITECTURE_KEYS}
+
+
+@dataclass
+class TrainState:
+    """What training changes: networks, optimizers, step and data position."""
+
+    generator: Generator
+    critic: Critic
+    ema: Generator
+    opt_g: torch.optim.Adam
+    opt_d: torch.optim.Adam
+    index: TokenIndex
+    step: int = 0
+    position: Position = field(default_factory=Position)
+
+
+def new_state(config: TrainConfig, index: TokenIndex, device: torch.device) -> TrainState:
+    """Freshly initialised networks and optimizers (channels_last and fused Adam on CUDA)."""
+    shape = architecture(config.to_dict())
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    generator = Generator(index.size, **shape).to(device, memory_format=memory_format)
+    critic = Critic(index.size, **shape).to(device, memory_format=memory_format)
+    ema = copy.deepcopy(generator).eval().requires_grad_(False)
+    fused = True if device.type == "cuda" else None
+    betas = (config.betas[0], config.betas[1])
+    return TrainState(
+        generator=generator,
+        critic=critic,
+        ema=ema,
+        opt_g=torch.optim.Adam(generator.parameters(), lr=config.lr, betas=betas, fused=fused),
+        opt_d=torch.optim.Adam(critic.parameters(), lr=config.lr, betas=betas, fused=fused),
+        index=index,
+    )
+
+
+def restore_state(payload: dict[str, Any], config: TrainConfig, device: torch.device, *, resume: bool) -> TrainState:
+    """A new state holding the checkpoint's weights; with ``resume`` also its optimizers and position.
+
+    Learning rate and betas come from ``config``, so a resumed run may change them.
+    """
+    state = new_state(config, TokenIndex.from_state(payload["token_index"]), device)
+    try:
+        state.generator.load_state_dict(payload["generator"])
+        state.critic.load_state_dict(payload["critic"])
+        state.ema.load_state_dict(payload["ema"])
+        if resume:
+            state.opt_g.load_state_dict(payload["opt_g"])
+            state.opt_d.load_state_dict(payload["opt_d"])
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise CheckpointError(f"the checkpoint does not fit the networks: {error}") from error
+    if resume:
+        for optimizer in (state.opt_g, state.opt_d):
+            for group in optimizer.param_groups:
+                group["lr"], group["betas"] = config.lr, (config.betas[0], config.betas[1])
+        state.step = payload["step"]
+        state.position = Position(payload["epoch"], payload["offset"])
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states as tensors and plain values (``weights_only``-loadable); CUDA: its own device."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+
+
+def checkpoint_payload(state: TrainState, config: TrainConfig, rng: list[dict[str, Any]]) -> dict[str, Any]:
+    """The dict that is saved; ``rng`` holds one entry per rank."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "generator": state.generator.state_dict(),
+        "critic": state.critic.state_dict(),
+        "ema": state.ema.state_dict(),
+        "opt_g": state.opt_g.state_dict(),
+        "opt_d": state.opt_d.state_dict(),
+        "step": state.step,
+        "epoch": state.position.epoch,
+        "offset": state.position.offset,
+        "rng": rng,
+        "token_index": state.index.state(),
+        "config": config.to_dict(),
+    }
+
+
+def save_checkpoint(run_dir: Path, payload: dict[str, Any], keep: int) -> Path:
+    """Write ``ckpt_<step>.pt`` and ``latest.pt`` atomically; keep the newest ``keep`` step files."""
+    path = run_dir / STEP_NAME.format(step=payload["step"])
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(payload, tmp)
+    with atomic_path(run_dir / LATEST, suffix=".pt") as tmp:
+        shutil.copyfile(path, tmp)
+    for old in sorted(run_dir.glob(STEP_NAME.replace("{step:08d}", "*")))[:-keep]:
+        old.unlink()
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read and validate a checkpoint onto the CPU; :class:`CheckpointError` for anything else."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as error:
+        raise CheckpointError(f"{path}: no such checkpoint") from error
+    except Exception as error:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} checkpoint")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {payload.get('version')!r}, expected {VERSION}")
+    for key, kind in _FIELDS.items():
+        if not isinstance(payload.get(key), kind):
+            raise CheckpointError(f"{path}: '{key}' is missing or not a {kind}")
+    missing = [key for key in (*ARCHITECTURE_KEYS, "image_size") if key not in payload["config"]]
+    if missing:
+        raise CheckpointError(f"{path}: the saved config lacks {missing}")
+    return payload

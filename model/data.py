@@ -1,0 +1,321 @@
+"""Training data read in place: memory-mapped Lab shards and tag tokens, batched by a prefetching thread.
+
+The order of an epoch depends only on ``(seed, epoch)``, and a position in it is two integers, so a run can
+stop anywhere and resume on exactly the next batch. A batch travels as uint8 (one third of float's bytes) in
+one copy to the device; scaling, flipping and resizing happen there.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from model.contract import PAD_ID, SHARD_NAME, TOKENS_PER_IMAGE, VOCAB_SIZE_WITH_PAD
+
+
+class DataError(ValueError):
+    """The dataset on disk does not hold what training needs."""
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """Where a dataset's files are and how its global image order maps onto shards."""
+
+    root: Path
+    n_images: int
+    shard_size: int
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_images // self.shard_size)
+
+    @property
+    def tokens_path(self) -> Path:
+        return self.root / "tokens.npy"
+
+    @property
+    def images_table(self) -> Path:
+        return self.root / "images.parquet"
+
+    def shard_path(self, shard: int) -> Path:
+        return self.root / "shards" / SHARD_NAME.format(shard=shard)
+
+    def shard_ids(self, shard: int) -> range:
+        """Global indices (rows of ``tokens.npy``) held by ``shard``."""
+        return range(shard * self.shard_size, min((shard + 1) * self.shard_size, self.n_images))
+
+
+def _rows(path: Path) -> int:
+    """Row count of a ``.npy`` file, read from its header only."""
+    return int(np.load(path, mmap_mode="r").shape[0])
+
+
+def read_layout(root: Path, shards: Sequence[int] | None = None) -> DatasetLayout:
+    """Inspect ``root``: the image count from ``tokens.npy``, the shard size from the rows of shard 0.
+
+    A run over a later subset may not have shard 0 on disk; then the largest listed shard tells the size
+    (only the dataset's last shard can be short).
+    """
+    tokens = root / "tokens.npy"
+    if not tokens.is_file():
+        raise DataError(f"{tokens} does not exist; materialize tag_tokens first")
+    if not (root / "images.parquet").exists():
+        raise DataError(f"{root / 'images.parquet'} does not exist; materialize lab_shards first")
+    header = np.load(tokens, mmap_mode="r")
+    if header.ndim != 2 or header.shape[1] != TOKENS_PER_IMAGE or header.dtype != np.int32:
+        raise DataError(f"{tokens}: expected int32 (N, {TOKENS_PER_IMAGE}), got {header.dtype} {header.shape}")
+    first = root / "shards" / SHARD_NAME.format(shard=0)
+    candidates = [first] if first.is_file() else [root / "shards" / SHARD_NAME.format(shard=s) for s in shards or ()]
+    sizes = [_rows(path) for path in candidates if path.is_file()]
+    if not sizes or max(sizes) == 0:
+        raise DataError(f"cannot tell the shard size: {first} does not exist and no listed shard does")
+    return DatasetLayout(root=root, n_images=int(header.shape[0]), shard_size=max(sizes))
+
+
+class TokenIndex:
+    """Dense re-indexing of raw o200k ids: 0 is the pad, 1 … V the known tokens, V + 1 "unknown".
+
+    o200k has 200k ids but a tag corpus uses a small fraction of them; a dense index keeps the embedding
+    tables (and their optimizer state) that small.
+    """
+
+    def __init__(self, vocabulary: np.ndarray) -> None:
+        self.vocabulary = np.unique(np.asarray(vocabulary, dtype=np.int64))
+        if self.vocabulary.size and (self.vocabulary[0] < 0 or self.vocabulary[-1] >= PAD_ID):
+            raise ValueError("a token index holds o200k ids 0 … 200018 only")
+        self.unknown = len(self.vocabulary) + 1
+        self._lookup = np.full(VOCAB_SIZE_WITH_PAD, self.unknown, dtype=np.int64)
+        self._lookup[PAD_ID] = 0
+        self._lookup[self.vocabulary] = np.arange(1, len(self.vocabulary) + 1)
+
+    @classmethod
+    def build(cls, tokens: np.ndarray, min_count: int = 1) -> TokenIndex:
+        """Index the ids occurring at least ``min_count`` times in ``tokens``."""
+        counts = np.bincount(np.asarray(tokens).ravel(), minlength=VOCAB_SIZE_WITH_PAD)[:PAD_ID]
+        return cls(np.flatnonzero(counts >= min_count))
+
+    @property
+    def size(self) -> int:
+        """Rows an embedding table needs: pad, the vocabulary and "unknown"."""
+        return len(self.vocabulary) + 2
+
+    def dense(self, tokens: np.ndarray) -> np.ndarray:
+        """Raw ids ``(..., 20)`` → dense int64 ids; an id outside o200k + pad counts as unknown."""
+        tokens = np.asarray(tokens)
+        inside = (tokens >= 0) & (tokens < VOCAB_SIZE_WITH_PAD)
+        return np.where(inside, self._lookup[np.where(inside, tokens, 0)], self.unknown)
+
+    def state(self) -> torch.Tensor:
+        """The vocabulary as a tensor, which is all a checkpoint needs to rebuild the index."""
+        return torch.from_numpy(self.vocabulary.copy())
+
+    @classmethod
+    def from_state(cls, state: torch.Tensor) -> TokenIndex:
+        return cls(state.numpy())
+
+
+def training_tokens(layout: DatasetLayout, holdout_shard: int) -> np.ndarray:
+    """Token rows of every image outside the held-out shard: the corpus a :class:`TokenIndex` is built on.
+
+    All training shards, not only a run's subset, so runs over successive subsets share one index.
+    """
+    tokens = np.load(layout.tokens_path, mmap_mode="r")
+    held = layout.shard_ids(holdout_shard)
+    return np.concatenate([tokens[: held.start], tokens[held.stop :]])
+
+
+class TrainingSet:
+    """The eligible photos of the chosen shards: valid, and in colour when ``skip_grayscale``.
+
+    Nothing is loaded: shards and tokens stay memory-mapped and :meth:`gather` copies the rows a batch needs.
+    """
+
+    def __init__(self, layout: DatasetLayout, shards: Sequence[int], skip_grayscale: bool) -> None:
+        columns = ["image_id", "shard", "row", "valid", "is_grayscale"]
+        table = pd.read_parquet(layout.images_table, columns=columns).sort_values("image_id")
+        table = table[table["shard"].isin(list(shards))]
+        missing = sorted(set(shards) - set(table["shard"].unique().tolist()))
+        if missing:
+            raise DataError(f"{layout.images_table} has no rows for shard(s) {missing}")
+        keep = table["valid"].to_numpy(bool, copy=True)
+        if skip_grayscale:
+            keep &= ~table["is_grayscale"].to_numpy(bool)
+        self.shard = table["shard"].to_numpy(np.int64)[keep]
+        self.row = table["row"].to_numpy(np.int64)[keep]
+        self.shards = {int(s): np.load(layout.shard_path(int(s)), mmap_mode="r") for s in shards}
+        self.tokens = np.load(layout.tokens_path, mmap_mode="r")
+        self.global_index = self.shard * layout.shard_size + self.row
+        kinds = {(array.dtype, array.shape[1:]) for array in self.shards.values()}
+        dtype, shape = next(iter(kinds))
+        if len(kinds) != 1 or dtype != np.uint8 or len(shape) != 3 or shape[2] != 3 or shape[0] != shape[1]:
+            raise DataError(f"shards {list(shards)} must all be uint8 (n, S, S, 3); got {sorted(map(str, kinds))}")
+        self.image_shape: tuple[int, int, int] = shape
+        for s, array in self.shards.items():
+            rows = self.row[self.shard == s]
+            if rows.size and rows.max() >= len(array):
+                raise DataError(f"images.parquet names row {rows.max()} of shard {s}, which has {len(array)}")
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def gather(self, items: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Copy the photos ``items`` (indices into this set) into ``out``; return their raw token rows."""
+        for j, item in enumerate(items):
+            out[j] = self.shards[int(self.shard[item])][self.row[item]]
+        return np.asarray(self.tokens[self.global_index[items]])
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where the data stream stands: ``offset`` samples of epoch ``epoch``'s permutation are consumed."""
+
+    epoch: int = 0
+    offset: int = 0
+
+
+def epoch_plan(n: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The permutation and horizontal flips of one epoch, a function of ``(seed, epoch)`` alone."""
+    rng = np.random.default_rng([seed, epoch])
+    return rng.permutation(n), rng.random(n) < 0.5
+
+
+@dataclass
+class HostBatch:
+    """A batch in host memory as read from disk: uint8 Lab, flips, dense tokens; ``position`` comes after it."""
+
+    lab: torch.Tensor
+    flip: torch.Tensor
+    tokens: torch.Tensor
+    position: Position
+
+
+@dataclass
+class Batch:
+    """A batch on the device, scaled to [-1, 1]: ``lightness`` (B, 1, s, s), ``ab`` (B, 2, s, s), tokens (B, 20)."""
+
+    lightness: torch.Tensor
+    ab: torch.Tensor
+    tokens: torch.Tensor
+    position: Position
+
+
+class BatchLoader:
+    """An endless stream of batches from ``start`` on, prepared ``prefetch`` batches ahead by one thread.
+
+    With ``pin_device`` (a CUDA device) batches land in pinned memory, so the copy to that device can run
+    asynchronously; the thread pins on that device, not on GPU 0, which every rank would otherwise crowd.
+
+    Epoch ``e`` is ``epoch_plan(len(dataset), seed, e)`` cut into global batches of
+    ``batch_size · world_size`` samples (the remainder is dropped); rank ``r`` takes the ``r``-th slice of
+    each, so ranks never overlap and all see the same number of batches.
+    """
+
+    def __init__(
+        self,
+        dataset: TrainingSet,
+        index: TokenIndex,
+        batch_size: int,
+        seed: int,
+        start: Position = Position(),
+        rank: int = 0,
+        world_size: int = 1,
+        pin_device: torch.device | None = None,
+        prefetch: int = 4,
+    ) -> None:
+        self.dataset, self.index, self.seed = dataset, index, seed
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.pin_device = pin_device
+        self.batches_per_epoch = len(dataset) // (batch_size * world_size)
+        if self.batches_per_epoch == 0:
+            raise DataError(
+                f"batch_size {batch_size} × {world_size} process(es) exceeds the {len(dataset)} eligible images"
+            )
+        self._queue: queue.Queue[HostBatch | BaseException] = queue.Queue(maxsize=prefetch)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(start,), daemon=True, name="batch-loader")
+        self._thread.start()
+
+    def _read(self, epoch: int, batch: int, perm: np.ndarray, flips: np.ndarray) -> HostBatch:
+        span = self.batch_size * self.world_size
+        first = batch * span + self.rank * self.batch_size
+        items = perm[first : first + self.batch_size]
+        pin = self.pin_device is not None
+        lab = torch.empty((self.batch_size, *self.dataset.image_shape), dtype=torch.uint8, pin_memory=pin)
+        tokens = torch.from_numpy(self.index.dense(self.dataset.gather(items, lab.numpy())))
+        flip = torch.from_numpy(flips[first : first + self.batch_size].copy())
+        after = Position(epoch, (batch + 1) * span)
+        if batch + 1 == self.batches_per_epoch:
+            after = Position(epoch + 1, 0)
+        if pin:
+            flip, tokens = flip.pin_memory(), tokens.pin_memory()
+        return HostBatch(lab=lab, flip=flip, tokens=tokens, position=after)
+
+    def _produce(self, start: Position) -> None:
+        epoch, batch = start.epoch, start.offset // (self.batch_size * self.world_size)
+        try:
+            if self.pin_device is not None:
+                torch.cuda.set_device(self.pin_device)
+            while not self._stop.is_set():
+                perm, flips = epoch_plan(len(self.dataset), self.seed, epoch)
+                for index in range(batch, self.batches_per_epoch):
+                    if not self._put(self._read(epoch, index, perm, flips)):
+                        return
+                epoch, batch = epoch + 1, 0
+        except BaseException as error:
+            self._put(error)
+
+    def _put(self, item: HostBatch | BaseException) -> bool:
+        """Block until there is room or the loader is closed; False when closed."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> BatchLoader:
+        return self
+
+    def __next__(self) -> HostBatch:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise DataError(f"the batch loader failed: {item}") from item
+        return item
+
+    def close(self) -> None:
+        """Stop the thread; batches already prepared are dropped."""
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> BatchLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def lab_to_unit(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoded Lab ``(B, 3, H, W)`` as floats → lightness and ``ab`` in [-1, 1], the scaling of ``model.color``."""
+    return lab[:, :1] / 127.5 - 1.0, (lab[:, 1:] - 128.0) / 127.0
+
+
+def to_device(host: HostBatch, device: torch.device, image_size: int, channels_last: bool = False) -> Batch:
+    """One non-blocking uint8 copy to ``device``, then flip, scale and resize to ``image_size`` there."""
+    lab = host.lab.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+    flip = host.flip.to(device, non_blocking=True).view(-1, 1, 1, 1)
+    lab = torch.where(flip, lab.flip(-1), lab)
+    if lab.shape[-1] != image_size or lab.shape[-2] != image_size:
+        lab = F.interpolate(lab, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    if channels_last:
+        lab = lab.contiguous(memory_format=torch.channels_last)
+    lightness, ab = lab_to_unit(lab)
+    return Batch(lightness=lightness, ab=ab, tokens=host.tokens.to(device, non_blocking=True), position=host.position)

@@ -1,0 +1,358 @@
+"""Train the tag-conditioned colorizer (cWGAN-GP).
+
+One process:        python -m model.train --config assets_config/train/sample_demo.yaml [key=value ...]
+Several GPUs (DDP): torchrun --standalone --nproc_per_node=8 -m model.train --config ... [key=value ...]
+
+Each step is ``n_critic`` critic updates, each on a fresh batch, then one generator update on the last batch.
+Rank 0 writes ``config.yaml``, ``metrics.parquet`` and checkpoints under ``runs/<run_name>/``. Launched by
+Dagster Pipes, progress and the final result go back to Dagster; standalone they are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+import yaml
+from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
+
+from model.checkpoint import (
+    LATEST,
+    CheckpointError,
+    TrainState,
+    architecture,
+    checkpoint_payload,
+    load_checkpoint,
+    new_state,
+    restore_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from model.config import TrainConfig, TrainConfigError, load_train_config, validate_train_config
+from model.data import BatchLoader, DataError, TokenIndex, TrainingSet, read_layout, to_device, training_tokens
+from model.files import atomic_path, atomic_write_text
+from model.losses import LossWeights, critic_loss, generator_loss
+
+logger = logging.getLogger(__name__)
+
+METRICS = "metrics.parquet"
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun launch; one process when not launched by torchrun."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_from_env() -> Distributed:
+    """torchrun's contract: ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` in the environment."""
+    if "RANK" not in os.environ:
+        return Distributed()
+    return Distributed(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+
+
+def select_device(setting: str, ddp: Distributed) -> torch.device:
+    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", ddp.local_rank)
+
+
+def broadcast_parameters(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's weights (one flat broadcast, whatever the tensors' memory format)."""
+    tensors = list(module.state_dict().values())
+    flat = torch.cat([tensor.flatten() for tensor in tensors])
+    dist.broadcast(flat, src=0)
+    for tensor, value in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
+        tensor.copy_(value.view_as(tensor))
+
+
+def all_reduce_gradients(module: torch.nn.Module, world_size: int) -> None:
+    """Average gradients over ranks with one flat all-reduce.
+
+    Done by hand as in stylegan2-ada: DDP's hooks only follow gradients that land in ``.grad``, not the
+    double backward of the gradient penalty.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    for param in params:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+    flat = torch.cat([param.grad.flatten() for param in params])
+    dist.all_reduce(flat)
+    flat /= world_size
+    for param, grad in zip(params, flat.split([p.numel() for p in params]), strict=True):
+        param.grad.copy_(grad.view_as(param))
+
+
+def gather_rng_states(ddp: Distributed) -> list[dict[str, Any]]:
+    """Every rank's RNG states, so each rank resumes its own random stream."""
+    if not ddp.enabled:
+        return [rng_state()]
+    states: list[Any] = [None] * ddp.world_size
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for ema_param, param in zip(ema.parameters(), model.parameters(), strict=True):
+        ema_param.lerp_(param, 1.0 - decay)
+
+
+def ema_decay(target: float, step: int) -> float:
+    """Warm-up: the EMA follows closely at first, so it is usable after a short run too."""
+    return min(target, (1.0 + step) / (10.0 + step))
+
+
+def total_steps(config: TrainConfig, batches_per_epoch: int) -> int:
+    """Generator steps in ``epochs`` epochs, capped by ``max_steps``."""
+    steps = config.epochs * batches_per_epoch // config.n_critic
+    if steps == 0:
+        raise TrainConfigError(
+            f"epochs: {config.epochs} epoch(s) of {batches_per_epoch} batches hold no step of n_critic batches"
+        )
+    return min(steps, config.max_steps) if config.max_steps is not None else steps
+
+
+def check_architecture(config: TrainConfig, saved: dict[str, Any], source: Path) -> None:
+    for key, value in architecture(saved).items():
+        if getattr(config, key) != value:
+            raise TrainConfigError(f"{key}: {source} was trained with {value!r}, not {getattr(config, key)!r}")
+
+
+def read_metrics(path: Path, up_to_step: int) -> list[dict[str, Any]]:
+    """Rows logged before a resumed checkpoint; rows a killed run logged after it are dropped."""
+    if not path.is_file():
+        return []
+    table = pd.read_parquet(path)
+    return table[table["step"] <= up_to_step].to_dict("records")
+
+
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    with atomic_path(path, suffix=".parquet") as tmp:
+        pd.DataFrame(rows).to_parquet(tmp, index=False)
+
+
+@dataclass
+class TrainResult:
+    """Where a run ended: its step, ``latest.pt``, the last logged metrics and the trained state."""
+
+    step: int
+    checkpoint: Path
+    run_dir: Path
+    metrics: dict[str, Any]
+    state: TrainState
+
+
+def _initial_state(
+    config: TrainConfig, ddp: Distributed, device: torch.device
+) -> tuple[TrainState, list[dict[str, Any]] | None]:
+    """A fresh state, one initialised from ``init_from``, or one resumed from ``latest.pt``.
+
+    Returns the resumed checkpoint's RNG states too (None unless resumed).
+    """
+    latest = config.run_dir / LATEST
+    if latest.is_file() and not config.resume:
+        raise TrainConfigError(f"resume: {latest} exists; set resume=true or choose another run_name")
+    torch.manual_seed(config.seed + ddp.rank)
+    if config.resume and latest.is_file():
+        payload = load_checkpoint(latest)
+        check_architecture(config, payload["config"], latest)
+        return restore_state(payload, config, device, resume=True), payload["rng"]
+    if config.init_from is not None:
+        payload = load_checkpoint(Path(config.init_from))
+        check_architecture(config, payload["config"], Path(config.init_from))
+        return restore_state(payload, config, device, resume=False), None
+    if config.resume:
+        logger.info("resume: no checkpoint in %s yet, starting fresh", config.run_dir)
+    layout = read_layout(Path(config.data_root), config.shards)
+    index = TokenIndex.build(training_tokens(layout, config.holdout_shard), config.min_token_count)
+    return new_state(config, index, device), None
+
+
+def train(config: TrainConfig, report: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train until ``epochs`` or ``max_steps``; ``report`` gets each logged metrics row (rank 0 only)."""
+    config = validate_train_config(config)
+    ddp = distributed_from_env()
+    device = select_device(config.device, ddp)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    own_group = ddp.enabled and not dist.is_initialized()
+    if own_group:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train(config, ddp, device, report)
+    except torch.OutOfMemoryError as error:
+        raise torch.OutOfMemoryError(
+            f"CUDA ran out of memory with batch_size={config.batch_size} (per GPU), "
+            f"image_size={config.image_size}, base_channels={config.base_channels}: lower batch_size first, "
+            "then image_size or base_channels"
+        ) from error
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def _train(
+    config: TrainConfig,
+    ddp: Distributed,
+    device: torch.device,
+    report: Callable[[dict[str, Any]], None] | None,
+) -> TrainResult:
+    run_dir = config.run_dir
+    state, resumed_rng = _initial_state(config, ddp, device)
+    if ddp.enabled:
+        for module in (state.generator, state.critic, state.ema):
+            broadcast_parameters(module)
+    if resumed_rng is not None and len(resumed_rng) == ddp.world_size:
+        set_rng_state(resumed_rng[ddp.rank])
+    elif resumed_rng is not None:
+        logger.warning("resume: checkpoint from %d rank(s), now %d: RNG reseeded", len(resumed_rng), ddp.world_size)
+        torch.manual_seed(config.seed + ddp.rank + state.step)
+    rows = read_metrics(run_dir / METRICS, state.step) if resumed_rng is not None else []
+    if ddp.is_main:
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    dataset = TrainingSet(read_layout(Path(config.data_root), config.shards), config.shards, config.skip_grayscale)
+    loader = BatchLoader(
+        dataset,
+        state.index,
+        config.batch_size,
+        config.seed,
+        start=state.position,
+        rank=ddp.rank,
+        world_size=ddp.world_size,
+        pin_device=device if device.type == "cuda" else None,
+        prefetch=config.prefetch,
+    )
+    steps = total_steps(config, loader.batches_per_epoch)
+    samples_per_epoch = loader.batches_per_epoch * config.batch_size * ddp.world_size
+    on_cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda and config.bf16 else contextlib.nullcontext()
+    generator = torch.compile(state.generator) if config.compile else state.generator
+    critic = torch.compile(state.critic) if config.compile else state.critic
+    weights = LossWeights(config.gp_lambda, config.drift, config.l1_weight)
+    images_per_step = config.n_critic * config.batch_size * ddp.world_size
+    started = last_log = time.perf_counter()
+    last_log_step = state.step
+
+    with loader:
+        while state.step < steps:
+            for _ in range(config.n_critic):
+                batch = to_device(next(loader), device, config.image_size, channels_last=on_cuda)
+                with autocast:
+                    with torch.no_grad():
+                        fake = generator(batch.lightness, batch.tokens)
+                    loss_d, stats_d = critic_loss(critic, state.critic, fake, batch, weights)
+                state.opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                if ddp.enabled:
+                    all_reduce_gradients(state.critic, ddp.world_size)
+                state.opt_d.step()
+
+            state.critic.requires_grad_(False)
+            with autocast:
+                fake = generator(batch.lightness, batch.tokens)
+                loss_g, stats_g = generator_loss(critic, fake, batch, weights)
+            state.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            if ddp.enabled:
+                all_reduce_gradients(state.generator, ddp.world_size)
+            state.opt_g.step()
+            state.critic.requires_grad_(True)
+            update_ema(state.ema, state.generator, ema_decay(config.ema_decay, state.step))
+            state.step += 1
+            state.position = batch.position
+
+            if state.step % config.log_every == 0 or state.step == steps:
+                now = time.perf_counter()
+                row = {
+                    "step": state.step,
+                    "epoch": state.position.epoch + state.position.offset / samples_per_epoch,
+                    **{key: value.item() for key, value in (stats_d | stats_g).items()},
+                    "images_per_s": (state.step - last_log_step) * images_per_step / (now - last_log),
+                    "elapsed_s": now - started,
+                }
+                last_log, last_log_step = now, state.step
+                if ddp.is_main:
+                    rows.append(row)
+                    write_metrics(run_dir / METRICS, rows)
+                    if report is not None:
+                        report(row)
+            if state.step % config.ckpt_every == 0 or state.step == steps:
+                rng = gather_rng_states(ddp)
+                if ddp.is_main:
+                    save_checkpoint(run_dir, checkpoint_payload(state, config, rng), config.keep_checkpoints)
+
+    if ddp.enabled:
+        dist.barrier()
+    return TrainResult(
+        step=state.step, checkpoint=run_dir / LATEST, run_dir=run_dir, metrics=rows[-1] if rows else {}, state=state
+    )
+
+
+def format_row(row: dict[str, Any]) -> str:
+    return " ".join(
+        f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}" for key, value in row.items()
+    )
+
+
+def summary(result: TrainResult) -> dict[str, Any]:
+    """What a finished run reports: steps, checkpoint, run directory and the last metrics."""
+    return {
+        "steps": result.step,
+        "checkpoint": str(result.checkpoint),
+        "run_dir": str(result.run_dir),
+        **{key: value for key, value in result.metrics.items() if key != "step"},
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="YAML file of TrainConfig values")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a config value")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if PipesEnvVarParamsLoader().is_dagster_pipes_process() and distributed_from_env().is_main:
+        with open_dagster_pipes() as pipes:
+            config = load_train_config(args.config, args.overrides)
+            pipes.log.info(f"training {config.run_name} on {config.data_root}, shards {config.shards}")
+            result = train(config, report=lambda row: pipes.log.info(format_row(row)))
+            pipes.report_asset_materialization(metadata=summary(result))
+        return
+    try:
+        result = train(
+            load_train_config(args.config, args.overrides), report=lambda row: print(format_row(row), flush=True)
+        )
+    except (TrainConfigError, CheckpointError, DataError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    if distributed_from_env().is_main:
+        print(format_row(summary(result)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

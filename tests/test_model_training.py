@@ -1,0 +1,470 @@
+"""Training on tiny datasets written by the tests: config checks, data order, checkpoints, resume, DDP,
+the Pipes edge, and whether the tags carry colour information."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+from dagster_pipes import encode_param
+
+from model.checkpoint import CheckpointError, load_checkpoint
+from model.color import colorfulness, rgb_to_lab_u8
+from model.config import TrainConfig, TrainConfigError, config_from_dict, load_train_config
+from model.contract import PAD_ID, SHARD_NAME
+from model.data import BatchLoader, HostBatch, Position, TokenIndex, TrainingSet, read_layout, to_device
+from model.inference import Colorizer
+from model.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_CONFIGS = REPO / "assets_config" / "train"
+SHARD_SIZE = 24
+N_IMAGES = 3 * SHARD_SIZE
+SIZE = 32
+INVALID = (3, 30)
+GRAYSCALE = (5, 31)
+
+
+def write_dataset(
+    root: Path, lab: np.ndarray, tokens: np.ndarray, shard_size: int, valid: np.ndarray, grayscale: np.ndarray
+) -> Path:
+    """The files of the data contract: Lab shards, ``tokens.npy`` and the ``images.parquet`` directory."""
+    (root / "shards").mkdir(parents=True)
+    (root / "images.parquet").mkdir()
+    np.save(root / "tokens.npy", tokens.astype(np.int32))
+    for shard, start in enumerate(range(0, len(lab), shard_size)):
+        ids = np.arange(start, min(start + shard_size, len(lab)))
+        np.save(root / "shards" / SHARD_NAME.format(shard=shard), lab[ids])
+        pd.DataFrame(
+            {
+                "image_id": ids,
+                "shard": shard,
+                "row": ids - start,
+                "valid": valid[ids],
+                "reason": np.where(valid[ids], "", "missing"),
+                "is_grayscale": grayscale[ids],
+                "colorfulness": 10.0,
+            }
+        ).to_parquet(root / "images.parquet" / f"{shard:03d}.parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three shards of 24 random 32×32 photos whose L channel spells the image index."""
+    rng = np.random.default_rng(0)
+    lab = rng.integers(0, 256, (N_IMAGES, SIZE, SIZE, 3), dtype=np.uint8)
+    lab[..., 0] = np.arange(N_IMAGES, dtype=np.uint8)[:, None, None]
+    tokens = np.full((N_IMAGES, 20), PAD_ID, dtype=np.int32)
+    for i in range(N_IMAGES):
+        tokens[i, : i % 7] = rng.integers(0, 2000, i % 7)
+    valid = np.ones(N_IMAGES, bool)
+    valid[list(INVALID)] = False
+    grayscale = np.zeros(N_IMAGES, bool)
+    grayscale[list(GRAYSCALE)] = True
+    return write_dataset(tmp_path_factory.mktemp("data"), lab, tokens, SHARD_SIZE, valid, grayscale)
+
+
+def tiny_config(dataset: Path, run_dir: Path, **changes: Any) -> TrainConfig:
+    """Small widths and batches: about a quarter second per step on two CPU cores."""
+    values: dict[str, Any] = dict(
+        data_root=str(dataset),
+        runs_dir=str(run_dir),
+        run_name="run",
+        image_size=SIZE,
+        batch_size=4,
+        epochs=1000,
+        base_channels=8,
+        depth=2,
+        token_dim=16,
+        log_every=1,
+        ckpt_every=2,
+        keep_checkpoints=2,
+        device="cpu",
+    )
+    return TrainConfig(**(values | changes))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["batch_sise=4"], "batch_sise"),
+        (["batch_size=0"], "batch_size"),
+        (["lr=-0.001"], "lr"),
+        (["lr=fast"], "lr"),
+        (["betas=[0.5]"], "betas"),
+        (["ema_decay=1.0"], "ema_decay"),
+        (["pool=max"], "pool"),
+        (["device=tpu"], "device"),
+        (["image_size=36", "depth=3"], "image_size"),
+        (["shards=[1]"], "shards"),
+        (["shards=[7]"], "shards"),
+        (["shards=[0, 2]"], "holdout_shard"),
+        (["holdout_shard=9"], "holdout_shard"),
+        (["init_from=nowhere.pt"], "init_from"),
+        (["run_name=../escape"], "run_name"),
+        (["data_root=/nonexistent"], "data_root"),
+        (["no_equals_sign"], "no_equals_sign"),
+    ],
+)
+def test_config_errors_name_the_key(dataset: Path, tmp_path: Path, overrides: list[str], key: str) -> None:
+    partial = tmp_path / "partial"
+    (partial / "shards").mkdir(parents=True)
+    for name in ("tokens.npy", "images.parquet"):
+        (partial / name).symlink_to(dataset / name)
+    for shard in (0, 2):
+        (partial / "shards" / SHARD_NAME.format(shard=shard)).symlink_to(
+            dataset / "shards" / SHARD_NAME.format(shard=shard)
+        )
+    root = partial if overrides == ["shards=[1]"] else dataset
+    with pytest.raises(TrainConfigError) as error:
+        load_train_config(None, [f"data_root={root}", *overrides])
+    assert str(error.value).startswith(f"{key}:")
+
+
+def test_config_from_yaml_with_overrides_fills_in_the_split(dataset: Path, tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump({"data_root": "elsewhere", "batch_size": 8, "lr": 1, "max_steps": 3}))
+    overrides = [f"data_root={dataset}", "run_name=2024", "betas=[0.5, 0.99]", "lr=2e-4", "max_steps=null"]
+    config = load_train_config(path, overrides)
+    assert (config.batch_size, config.lr, config.betas, config.run_name) == (8, 2e-4, [0.5, 0.99], "2024")
+    assert config.max_steps is None
+    assert (config.holdout_shard, config.shards) == (2, [0, 1])
+    assert config.run_dir == dataset / "runs" / "2024"
+
+
+@pytest.mark.parametrize("path", sorted(TRAIN_CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_train_configs_are_valid(path: Path, dataset: Path) -> None:
+    values = yaml.safe_load(path.read_text())
+    config = config_from_dict(values)
+    assert config.image_size % 2**config.depth == 0
+    if config.device == "cpu":
+        assert load_train_config(path, [f"data_root={dataset}"]).shards == [0, 1]
+
+
+def test_loader_skips_invalid_grayscale_and_holdout_and_splits_ranks(dataset: Path, tmp_path: Path) -> None:
+    layout = read_layout(dataset)
+    train_set = TrainingSet(layout, [0, 1], skip_grayscale=True)
+    eligible = set(range(2 * SHARD_SIZE)) - set(INVALID) - set(GRAYSCALE)
+    assert len(train_set) == len(eligible)
+    index = TokenIndex(np.arange(2000))
+    seen: dict[int, list[set[int]]] = {0: [], 1: []}
+    for rank in (0, 1):
+        with BatchLoader(train_set, index, batch_size=4, seed=3, rank=rank, world_size=2) as loader:
+            assert loader.batches_per_epoch == len(eligible) // 8
+            for epoch in range(2):
+                ids: set[int] = set()
+                for _ in range(loader.batches_per_epoch):
+                    batch = next(loader)
+                    ids |= set(batch.lab[:, 0, 0, 0].tolist())
+                seen[rank].append(ids)
+                assert batch.position == Position(epoch + 1, 0)
+    for epoch in range(2):
+        assert not seen[0][epoch] & seen[1][epoch]
+        assert seen[0][epoch] | seen[1][epoch] <= eligible
+        assert len(seen[0][epoch] | seen[1][epoch]) == 8 * (len(eligible) // 8)
+    assert seen[0][0] != seen[0][1]
+
+
+def test_loader_resumes_exactly_from_a_position(dataset: Path) -> None:
+    train_set = TrainingSet(read_layout(dataset), [0, 1], skip_grayscale=False)
+    index = TokenIndex.build(np.load(dataset / "tokens.npy"))
+    with BatchLoader(train_set, index, batch_size=4, seed=1) as loader:
+        stream = [next(loader) for _ in range(25)]
+    with BatchLoader(train_set, index, batch_size=4, seed=1, start=stream[13].position) as loader:
+        resumed = [next(loader) for _ in range(11)]
+    for expected, actual in zip(stream[14:], resumed, strict=True):
+        assert torch.equal(expected.lab, actual.lab)
+        assert torch.equal(expected.flip, actual.flip)
+        assert torch.equal(expected.tokens, actual.tokens)
+        assert expected.position == actual.position
+    tokens = np.load(dataset / "tokens.npy")
+    first = stream[0]
+    rows = first.lab[:, 0, 0, 0].numpy()
+    assert np.array_equal(first.tokens.numpy(), index.dense(tokens[rows]))
+
+
+def test_to_device_flips_scales_and_resizes() -> None:
+    lab = torch.zeros(2, 4, 4, 3, dtype=torch.uint8)
+    lab[:, :, 0, 0] = 255
+    lab[..., 1] = 128
+    lab[..., 2] = 255
+    host = HostBatch(
+        lab=lab, flip=torch.tensor([False, True]), tokens=torch.zeros(2, 20, dtype=torch.long), position=Position()
+    )
+    batch = to_device(host, torch.device("cpu"), image_size=4)
+    assert batch.lightness[0, 0, :, 0].tolist() == [1.0] * 4
+    assert batch.lightness[1, 0, :, 3].tolist() == [1.0] * 4
+    assert batch.lightness[1, 0, :, 0].tolist() == [-1.0] * 4
+    torch.testing.assert_close(batch.ab[:, 0], torch.zeros(2, 4, 4))
+    torch.testing.assert_close(batch.ab[:, 1], torch.full((2, 4, 4), 127 / 127.0))
+    small = to_device(host, torch.device("cpu"), image_size=2)
+    assert small.lightness.shape == (2, 1, 2, 2)
+    assert small.ab.shape == (2, 2, 2, 2)
+
+
+@pytest.fixture(scope="module")
+def trained_run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-step run; its ``latest.pt``."""
+    result = train(tiny_config(dataset, tmp_path_factory.mktemp("runs"), max_steps=2))
+    return result.checkpoint
+
+
+def test_checkpoint_refuses_corrupt_and_foreign_files(trained_run: Path, tmp_path: Path) -> None:
+    payload = load_checkpoint(trained_run)
+    assert payload["step"] == 2
+    data = trained_run.read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model": torch.zeros(3)}, foreign)
+    wrong_version = tmp_path / "version.pt"
+    torch.save(payload | {"version": 99}, wrong_version)
+    missing_key = tmp_path / "missing.pt"
+    torch.save({key: value for key, value in payload.items() if key != "opt_d"}, missing_key)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    for path, message in [
+        (truncated, "not a readable checkpoint"),
+        (foreign, "not a tagcolor-cwgan-gp checkpoint"),
+        (wrong_version, "version 99"),
+        (missing_key, "'opt_d'"),
+        (garbage, "not a readable checkpoint"),
+        (tmp_path / "absent.pt", "no such checkpoint"),
+    ]:
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(path)
+    mismatched = tmp_path / "mismatched.pt"
+    torch.save(payload | {"config": payload["config"] | {"base_channels": 16}}, mismatched)
+    with pytest.raises(CheckpointError, match="EMA weights do not fit"):
+        Colorizer.from_checkpoint(mismatched)
+
+
+def test_colorizer_predicts_encoded_ab_at_any_size(trained_run: Path) -> None:
+    colorizer = Colorizer.from_checkpoint(trained_run)
+    assert colorizer.image_size == SIZE
+    rng = np.random.default_rng(0)
+    tokens = np.full((3, 20), PAD_ID, dtype=np.int32)
+    tokens[0, :3] = [5, 999_999, 17]
+    for height, width in [(SIZE, SIZE), (40, 56)]:
+        l_u8 = rng.integers(0, 256, (3, height, width), dtype=np.uint8)
+        ab = colorizer.predict_ab(l_u8, tokens)
+        assert ab.shape == (3, height, width, 2)
+        assert ab.dtype == np.uint8
+    with pytest.raises(ValueError, match="tokens"):
+        colorizer.predict_ab(l_u8, tokens[:2])
+
+
+def _tensors(payload: dict[str, Any], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Every tensor under ``keys``, by a flat name."""
+    flat: dict[str, torch.Tensor] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            flat[prefix] = value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}", item)
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                walk(f"{prefix}.{i}", item)
+
+    for key in keys:
+        walk(key, payload[key])
+    return flat
+
+
+class Killed(RuntimeError):
+    """Stands in for a process killed between two checkpoints."""
+
+
+def test_kill_and_resume_is_bit_identical(dataset: Path, tmp_path: Path) -> None:
+    full = train(tiny_config(dataset, tmp_path, run_name="full", max_steps=5))
+
+    def kill_at_step_3(row: dict[str, Any]) -> None:
+        if row["step"] == 3:
+            raise Killed
+
+    killed = tiny_config(dataset, tmp_path, run_name="killed", max_steps=5)
+    with pytest.raises(Killed):
+        train(killed, report=kill_at_step_3)
+    assert load_checkpoint(tmp_path / "killed" / "latest.pt")["step"] == 2
+    with pytest.raises(TrainConfigError, match=r"^resume:"):
+        train(killed)
+    resumed = train(replace(killed, resume=True))
+
+    assert resumed.step == full.step == 5
+    expected, actual = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
+    keys = ("generator", "critic", "ema", "opt_g", "opt_d", "rng", "token_index")
+    expected_tensors, actual_tensors = _tensors(expected, keys), _tensors(actual, keys)
+    assert expected_tensors.keys() == actual_tensors.keys()
+    for name, tensor in expected_tensors.items():
+        assert torch.equal(tensor, actual_tensors[name]), name
+    assert (expected["epoch"], expected["offset"]) == (actual["epoch"], actual["offset"])
+    assert sorted(p.name for p in resumed.run_dir.glob("ckpt_*.pt")) == ["ckpt_00000004.pt", "ckpt_00000005.pt"]
+    losses = ["step", "epoch", "critic_loss", "wasserstein", "gp", "generator_loss", "adversarial", "l1"]
+    full_metrics = pd.read_parquet(full.run_dir / "metrics.parquet")[losses]
+    resumed_metrics = pd.read_parquet(resumed.run_dir / "metrics.parquet")[losses]
+    pd.testing.assert_frame_equal(full_metrics, resumed_metrics)
+    assert full_metrics["step"].tolist() == [1, 2, 3, 4, 5]
+    assert yaml.safe_load((resumed.run_dir / "config.yaml").read_text())["resume"] is True
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, config: TrainConfig, out: Path) -> None:
+    """One torchrun-like rank: the launcher's environment, then an ordinary ``train`` call."""
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    state = train(config).state
+    modules = {"generator": state.generator, "critic": state.critic, "ema": state.ema}
+    torch.save({name: module.state_dict() for name, module in modules.items()}, out / f"rank{rank}.pt")
+
+
+def test_two_process_ddp_keeps_ranks_identical(dataset: Path, tmp_path: Path) -> None:
+    config = tiny_config(dataset, tmp_path, max_steps=3, n_critic=2)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), config, tmp_path), nprocs=2, join=True)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for module in ("generator", "critic", "ema"):
+        for name, tensor in rank0[module].items():
+            assert torch.equal(tensor, rank1[module][name]), f"{module}.{name}"
+    saved = load_checkpoint(tmp_path / "run" / "latest.pt")
+    assert saved["step"] == 3
+    assert len(saved["rng"]) == 2
+    assert not torch.equal(saved["rng"][0]["torch"], saved["rng"][1]["torch"])
+    for name, tensor in rank0["generator"].items():
+        assert torch.equal(tensor, saved["generator"][name])
+
+
+def test_cli_reports_through_dagster_pipes(dataset: Path, tmp_path: Path) -> None:
+    context = tmp_path / "context.json"
+    messages = tmp_path / "messages.jsonl"
+    context.write_text(
+        json.dumps(
+            {
+                "asset_keys": ["sample/colorizer"],
+                "code_version_by_asset_key": {"sample/colorizer": None},
+                "provenance_by_asset_key": {"sample/colorizer": None},
+                "partition_key": None,
+                "partition_key_range": None,
+                "partition_time_window": None,
+                "run_id": "test-run",
+                "job_name": None,
+                "retry_number": 0,
+                "extras": {},
+            }
+        )
+    )
+    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env |= {
+        "DAGSTER_PIPES_CONTEXT": encode_param({"path": str(context)}),
+        "DAGSTER_PIPES_MESSAGES": encode_param({"path": str(messages)}),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "model.train",
+        "--config",
+        str(TRAIN_CONFIGS / "ci.yaml"),
+        f"data_root={dataset}",
+        f"runs_dir={tmp_path / 'runs'}",
+        "run_name=pipes",
+        "max_steps=2",
+        "log_every=1",
+    ]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sent = [json.loads(line) for line in messages.read_text().splitlines()]
+    methods = [message["method"] for message in sent]
+    assert methods[0] == "opened"
+    assert methods[-1] == "closed"
+    assert methods.count("log") >= 3
+    (materialization,) = [m["params"] for m in sent if m["method"] == "report_asset_materialization"]
+    metadata = materialization["metadata"]
+    assert metadata["steps"]["raw_value"] == 2
+    assert metadata["checkpoint"]["raw_value"] == str(tmp_path / "runs" / "pipes" / "latest.pt")
+    assert load_checkpoint(Path(metadata["checkpoint"]["raw_value"]))["step"] == 2
+
+
+def sample_dataset(root: Path, vocabulary_dir: Path, n_images: int, shard_size: int, size: int) -> Path:
+    """The synthetic sample's scenes and tags, center-cropped and resized to ``size``, in the data contract."""
+    from pipeline.datasets import load_dataset_spec
+    from pipeline.sources.sample import sample_image, sample_tags
+    from pipeline.tokens import encode_tags, load_tag_encoding, tag_text
+
+    spec = load_dataset_spec("sample")
+    spec = replace(spec, n_images=n_images, sample=replace(spec.sample, width=4 * size // 2, height=3 * size // 2))
+    photos = []
+    for image_id in range(n_images):
+        rgb = sample_image(spec, image_id)
+        height, width = rgb.shape[:2]
+        left = (width - height) // 2
+        photos.append(cv2.resize(rgb[:, left : left + height], (size, size), interpolation=cv2.INTER_AREA))
+    rgb = np.stack(photos)
+    texts = [tag_text(sample_tags(spec, image_id)) for image_id in range(n_images)]
+    tokens, _ = encode_tags(texts, load_tag_encoding(vocabulary_dir))
+    grayscale = np.asarray(colorfulness(rgb)) < 2.0
+    return write_dataset(root, rgb_to_lab_u8(rgb), tokens, shard_size, np.ones(n_images, bool), grayscale)
+
+
+@pytest.mark.slow
+def test_tags_carry_the_colour(vocabulary_dir: Path, tmp_path: Path) -> None:
+    """Trained briefly on scenes whose colour only the tags name, true tags beat shuffled ones on held-out photos.
+
+    Measured on two shared CPU cores: ratio 0.39 after 400 steps (40 s unloaded); with mean pooling instead
+    of attention 0.65; a model that ignores the tags gives 1. The learning rate is high for a GAN, to learn
+    this much in so few steps.
+    """
+    root = sample_dataset(tmp_path / "sample", vocabulary_dir, n_images=768, shard_size=256, size=SIZE)
+    config = TrainConfig(
+        data_root=str(root),
+        run_name="tags",
+        image_size=SIZE,
+        batch_size=16,
+        epochs=1000,
+        max_steps=400,
+        n_critic=1,
+        lr=2e-3,
+        l1_weight=100.0,
+        base_channels=8,
+        depth=3,
+        token_dim=32,
+        pool="attention",
+        log_every=100,
+        ckpt_every=1000,
+        device="cpu",
+    )
+    result = train(config)
+    assert result.metrics["step"] == 400
+    colorizer = Colorizer.from_checkpoint(result.checkpoint)
+    lab = np.load(root / "shards" / SHARD_NAME.format(shard=2))
+    tokens = np.load(root / "tokens.npy")[2 * 256 :]
+    colour = np.asarray(colorfulness(cv2.cvtColor(lab.reshape(-1, SIZE, 3), cv2.COLOR_LAB2RGB).reshape(lab.shape))) >= 2
+    lab, tokens = lab[colour], tokens[colour]
+    shuffled = tokens[np.random.default_rng(0).permutation(len(tokens))]
+    truth = lab[..., 1:].astype(np.float64)
+    error_true = np.abs(colorizer.predict_ab(lab[..., 0], tokens) - truth).mean()
+    error_shuffled = np.abs(colorizer.predict_ab(lab[..., 0], shuffled) - truth).mean()
+    ratio = error_true / error_shuffled
+    print(f"ab error with true tags {error_true:.2f}, shuffled {error_shuffled:.2f}, ratio {ratio:.3f}")
+    assert ratio < 0.7
