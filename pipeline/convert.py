@@ -331,7 +331,7 @@ def convert_shard(spec: DatasetSpec, paths: DatasetPaths, shard: int, vocabulary
     )
 
 
-def _init_worker() -> None:
+def init_opencv_worker() -> None:
     """One OpenCV thread per worker: the pool already keeps every core busy."""
     cv2.setNumThreads(1)
 
@@ -360,7 +360,7 @@ def convert_shards(
     with ProcessPoolExecutor(
         max_workers=min(workers, len(order)),
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
+        initializer=init_opencv_worker,
     ) as pool:
         futures: dict[Future[ShardResult], int] = {
             pool.submit(convert_shard, spec, paths, shard, vocabulary_dir): shard for shard in order

@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 
 from model.contract import O200K_VOCAB_SIZE, PAD_ID, TOKENS_PER_IMAGE, VOCAB_SIZE_WITH_PAD
 from model.files import atomic_path
-from pipeline.convert import read_images_table
+from pipeline.convert import init_opencv_worker, read_images_table
 from pipeline.datasets import DatasetPaths
 from pipeline.report import write_report
 
@@ -38,11 +39,8 @@ TOP_TAGS = 1000
 """Rows kept in ``top_tags.parquet``; the long tail only matters through ``tag_summary``."""
 METADATA_ROWS = 20
 
-_BLOCK_BYTES = 6 * 2**19
-"""Bytes per bincount call: a multiple of one pixel pair (6 bytes), small enough that the int64 index
-array numpy builds internally stays in cache (measured fastest between 1 and 6 MiB)."""
-_PAIR_CHANNELS = ((0, 1), (2, 0), (1, 2))
-"""A pixel pair ``L a b L a b`` read as three little-endian uint16: (low, high) channel of each."""
+_EXACT_PIXELS = 2**24
+"""``cv2.calcHist`` counts in float32, exact up to 2²⁴: one call never sees more pixels than that."""
 _TOKEN_ROWS = 65536
 
 
@@ -61,27 +59,33 @@ class DataStatsResult:
 def channel_histograms(shard_path: Path, valid_rows: np.ndarray, chunk: int = 256) -> np.ndarray:
     """Counts of each encoded value (0 … 255) of L, a and b over ``valid_rows`` of one shard: (3, 256).
 
-    Rows are read ``chunk`` images at a time through a fresh memory map each, so neither the mapping nor
-    the resident set grows with the shard. Two pixels are counted per uint16 element, which halves the
-    elements numpy's ``bincount`` has to widen to int64 (its real cost) compared with counting bytes.
+    Rows are read at most ``chunk`` images at a time through a fresh memory map each, so neither the mapping
+    nor the resident set grows with the shard. OpenCV's ``calcHist`` counts one channel of the interleaved
+    window per pass, several times faster than ``np.bincount`` (which widens every byte to int64).
     """
     header = np.load(shard_path, mmap_mode="r")
     if header.dtype != np.uint8 or header.ndim != 4 or header.shape[3] != 3:
         raise ValueError(f"{shard_path}: expected uint8 (n, S, S, 3), got {header.dtype} {header.shape}")
-    n_rows, row_bytes, offset = header.shape[0], math.prod(header.shape[1:]), header.offset
+    n_rows, (height, width), offset = header.shape[0], header.shape[1:3], header.offset
     del header
     rows = np.unique(np.asarray(valid_rows, dtype=np.int64))
     if rows.size and (rows[0] < 0 or rows[-1] >= n_rows):
         raise ValueError(f"{shard_path}: valid rows must lie in 0 … {n_rows - 1}")
-    pairs = np.zeros((3, 65536), dtype=np.int64)
-    single = np.zeros((3, 256), dtype=np.int64)
-    for start, stop in _row_windows(rows, chunk):
+    if height * width > _EXACT_PIXELS:
+        raise ValueError(f"{shard_path}: images of {height}×{width} are too large to count exactly")
+    counts = np.zeros((3, 256), dtype=np.int64)
+    for start, stop in _row_windows(rows, min(chunk, _EXACT_PIXELS // (height * width))):
         window = np.memmap(
-            shard_path, dtype=np.uint8, mode="r", offset=offset + start * row_bytes, shape=((stop - start) * row_bytes,)
+            shard_path,
+            dtype=np.uint8,
+            mode="r",
+            offset=offset + start * height * width * 3,
+            shape=((stop - start) * height, width, 3),
         )
-        _count_bytes(window, pairs, single)
+        for channel in range(3):
+            counts[channel] += cv2.calcHist([window], [channel], None, [256], [0, 256]).ravel().astype(np.int64)
         del window
-    return single + _pair_marginals(pairs)
+    return counts
 
 
 def _row_windows(rows: np.ndarray, chunk: int) -> Iterator[tuple[int, int]]:
@@ -92,28 +96,6 @@ def _row_windows(rows: np.ndarray, chunk: int) -> Iterator[tuple[int, int]]:
         if run.size:
             for start in range(int(run[0]), int(run[-1]) + 1, chunk):
                 yield start, min(start + chunk, int(run[-1]) + 1)
-
-
-def _count_bytes(window: np.ndarray, pairs: np.ndarray, single: np.ndarray) -> None:
-    """Add the interleaved Lab bytes of ``window`` to the pair counts (and a trailing odd pixel to ``single``)."""
-    for start in range(0, window.size, _BLOCK_BYTES):
-        block = window[start : start + _BLOCK_BYTES]
-        even = block.size - block.size % 6
-        as_pairs = block[:even].view("<u2").reshape(-1, 3)
-        for column in range(3):
-            pairs[column] += np.bincount(as_pairs[:, column], minlength=65536)
-        for channel, value in enumerate(block[even:]):
-            single[channel, value] += 1
-
-
-def _pair_marginals(pairs: np.ndarray) -> np.ndarray:
-    """Fold the three 256×256 pair histograms back into one histogram per channel."""
-    out = np.zeros((3, 256), dtype=np.int64)
-    for column, (low, high) in enumerate(_PAIR_CHANNELS):
-        joint = pairs[column].reshape(256, 256)
-        out[low] += joint.sum(axis=0)
-        out[high] += joint.sum(axis=1)
-    return out
 
 
 def shard_channel_histograms(
@@ -129,7 +111,9 @@ def shard_channel_histograms(
         hists = [channel_histograms(path, rows) for path, rows in zip(shard_paths, valid_rows, strict=True)]
     else:
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(shard_paths)), mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            min(workers, len(shard_paths)), mp_context=context, initializer=init_opencv_worker
+        ) as pool:
             hists = list(pool.map(channel_histograms, shard_paths, valid_rows))
     return np.sum(hists, axis=0, dtype=np.int64) if hists else np.zeros((3, 256), dtype=np.int64)
 

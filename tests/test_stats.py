@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import tiktoken
 
+import pipeline.stats as stats
 from model.contract import O200K_VOCAB_SIZE, PAD_ID, TOKENS_PER_IMAGE
 from pipeline.datasets import DatasetPaths
 from pipeline.stats import (
@@ -190,13 +191,34 @@ def test_channel_histograms_count_only_the_given_rows(dataset: DatasetPaths) -> 
 
 @pytest.mark.parametrize("size", [3, 224])
 def test_channel_histograms_match_a_plain_count_for_any_window(tmp_path: Path, size: int) -> None:
-    """Odd pixel counts (3×3), odd row lengths and blocks spanning several MiB (224×224) all count alike."""
+    """Odd pixel counts (3×3), odd row lengths and windows of several MiB (224×224) all count alike."""
     shard = np.random.default_rng(size).integers(0, 256, (30, size, size, 3), dtype=np.uint8)
     np.save(tmp_path / "shard.npy", shard)
     rows = np.array([0, 2, 3, 4, 6, *range(9, 30)])
     expected = np.stack([np.bincount(shard[rows][..., c].ravel(), minlength=256) for c in range(3)])
     for chunk in (1, 2, 256):
         np.testing.assert_array_equal(channel_histograms(tmp_path / "shard.npy", rows, chunk=chunk), expected)
+
+
+def test_windows_stay_below_the_exact_float32_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window never holds more pixels than calcHist counts exactly; the cap cuts windows, not counts."""
+    shard = np.full((7, 4, 4, 3), 9, dtype=np.uint8)
+    np.save(tmp_path / "shard.npy", shard)
+    seen: list[int] = []
+    calc_hist = stats.cv2.calcHist
+    monkeypatch.setattr(stats, "_EXACT_PIXELS", 3 * 16)
+
+    def spy(images: list[np.ndarray], *args: object) -> np.ndarray:
+        seen.append(images[0].shape[0])
+        return calc_hist(images, *args)
+
+    monkeypatch.setattr(stats.cv2, "calcHist", spy)
+    hist = channel_histograms(tmp_path / "shard.npy", np.arange(7))
+    assert max(seen) == 3 * 4, "at most 3 images of 4×4 pixels per call"
+    np.testing.assert_array_equal(hist[:, 9], 7 * 16)
+    np.save(tmp_path / "huge.npy", np.zeros((1, 8, 8, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="too large to count exactly"):
+        channel_histograms(tmp_path / "huge.npy", np.array([0]))
 
 
 def test_channel_histograms_refuse_bad_input(tmp_path: Path) -> None:
