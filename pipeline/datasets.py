@@ -6,6 +6,7 @@ function takes the spec or the paths it needs, never the environment.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,14 @@ from typing import Any
 import yaml
 
 from model.contract import SHARD_NAME
+from pipeline.sources.download import UnsupportedURLError, check_url
 from pipeline.sources.layouts import ArchiveLayout
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "assets_config"
 DATASETS = ("sample", "mirflickr25k", "mirflickr1m")
+DATASET_LAYOUTS = {"sample": "mirflickr1m", "mirflickr25k": "mirflickr25k", "mirflickr1m": "mirflickr1m"}
+"""The archive layout each dataset is published in (the sample imitates MIRFLICKR-1M)."""
+MD5_HEX = re.compile(r"[0-9a-f]{32}")
 
 
 class ConfigError(ValueError):
@@ -97,9 +102,11 @@ def parse_dataset_spec(raw: Any, source: str = "<config>") -> DatasetSpec:
     if name not in DATASETS:
         raise ConfigError(f"{source}: 'name' must be one of {list(DATASETS)}, got {name!r}")
     layout = raw.get("layout")
-    if layout not in ("mirflickr1m", "mirflickr25k"):
-        raise ConfigError(f"{source}: 'layout' must be 'mirflickr1m' or 'mirflickr25k', got {layout!r}")
+    if layout != DATASET_LAYOUTS[name]:
+        raise ConfigError(f"{source}: 'layout' of {name} must be {DATASET_LAYOUTS[name]!r}, got {layout!r}")
     sample = None
+    if ("sample" in raw) != (name == "sample"):
+        raise ConfigError(f"{source}: the 'sample' section belongs to the sample dataset and only to it")
     if "sample" in raw:
         sample_raw = raw["sample"] or {}
         if not isinstance(sample_raw, dict):
@@ -108,16 +115,32 @@ def parse_dataset_spec(raw: Any, source: str = "<config>") -> DatasetSpec:
         sample = SampleSpec(**sample_raw)
         for key in ("width", "height"):
             _positive_int(f"{source}: sample", sample_raw | {key: getattr(sample, key)}, key)
+        seed = sample.seed
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ConfigError(f"{source}: sample: 'seed' must be a non-negative integer, got {seed!r}")
     base_url = raw.get("base_url")
     if sample is None and not isinstance(base_url, str):
         raise ConfigError(f"{source}: 'base_url' is required for a downloaded dataset")
+    if base_url is not None:
+        try:
+            check_url(str(base_url))
+        except UnsupportedURLError as error:
+            raise ConfigError(f"{source}: 'base_url': {error}") from error
     md5 = raw.get("md5") or {}
     if not isinstance(md5, dict):
         raise ConfigError(f"{source}: 'md5' must map archive names to hex digests")
+    archive_layout = ArchiveLayout(layout)
+    n_images = _positive_int(source, raw, "n_images")
+    archives = {*archive_layout.archives(n_images), archive_layout.tags_archive}
+    for archive, digest in md5.items():
+        if archive not in archives:
+            raise ConfigError(f"{source}: md5: {archive!r} is not an archive of {name}; archives: {sorted(archives)}")
+        if not isinstance(digest, str) or not MD5_HEX.fullmatch(digest.lower()):
+            raise ConfigError(f"{source}: md5: {archive!r} must be 32 hex digits, got {digest!r}")
     return DatasetSpec(
         name=name,
-        layout=ArchiveLayout(layout),
-        n_images=_positive_int(source, raw, "n_images"),
+        layout=archive_layout,
+        n_images=n_images,
         shard_size=_positive_int(source, raw, "shard_size"),
         image_size=_positive_int(source, raw | {"image_size": raw.get("image_size", 224)}, "image_size"),
         base_url=base_url,
@@ -133,9 +156,14 @@ def load_dataset_spec(name: str, config_dir: Path = CONFIG_DIR) -> DatasetSpec:
     path = config_dir / "datasets" / f"{name}.yaml"
     try:
         raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the dataset config: {error}") from error
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from error
-    return parse_dataset_spec(raw, source=str(path))
+    spec = parse_dataset_spec(raw, source=str(path))
+    if spec.name != name:
+        raise ConfigError(f"{path}: 'name' must be {name!r}, the file's name, got {spec.name!r}")
+    return spec
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import dagster as dg
@@ -112,6 +113,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
             return {
                 "path": str(dest),
                 "members": count,
+                "size_bytes": dest.stat().st_size,
                 "md5": md5,
                 "duration_s": time.perf_counter() - start,
             }
@@ -150,7 +152,14 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
         )
         def tags_archive(storage: TagcolorStorage) -> dg.MaterializeResult:
             path = storage.paths(spec.name).archive(spec.layout.tags_archive)
-            return dg.MaterializeResult(metadata={"path": str(path)})
+            if not path.is_file():
+                raise dg.Failure(f"{path} not found: materialize {spec.name}/archives first")
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+            found = sum(spec.layout.tag_member(i) in names for i in range(spec.n_images))
+            if not found:
+                raise dg.Failure(f"{path} holds none of the {spec.n_images:,} tag files of the layout")
+            return dg.MaterializeResult(metadata={"path": str(path), "tag_files": found, "images": spec.n_images})
 
     else:
 
@@ -238,6 +247,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
                 "invalid_utf8": result.invalid_utf8,
                 "without_tags": result.empty,
                 "truncated": result.truncated,
+                "unsafe_members": result.unsafe_members,
                 "distinct_tokens": result.distinct_tokens,
                 "seconds": result.seconds,
             }

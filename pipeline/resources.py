@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from pipeline.datasets import ConfigError, DatasetPaths, DatasetSpec
+from pipeline.sources.download import UnsupportedURLError, check_url
 from pipeline.tokens import tiktoken_cache_dir
 
 URL_ENV = {"mirflickr1m": "TAGCOLOR_MIRFLICKR1M_URL", "mirflickr25k": "TAGCOLOR_MIRFLICKR25K_URL"}
@@ -36,9 +37,18 @@ class TagcolorStorage(dg.ConfigurableResource):
 
 
 def storage_from_environ(environ: Mapping[str, str] = os.environ) -> TagcolorStorage:
-    """Build the storage resource from ``TAGCOLOR_DATA_DIR``, the mirror URLs and tiktoken's cache."""
+    """Build the storage resource from ``TAGCOLOR_DATA_DIR``, the mirror URLs and tiktoken's cache.
+
+    A mirror URL that could never be fetched is refused here, naming its variable, not at download time.
+    """
+    overrides = {name: environ[var] for name, var in URL_ENV.items() if environ.get(var)}
+    for name, url in overrides.items():
+        try:
+            check_url(url)
+        except UnsupportedURLError as error:
+            raise ConfigError(f"{URL_ENV[name]}: {error}") from error
     return TagcolorStorage(
         data_dir=environ.get("TAGCOLOR_DATA_DIR", "data"),
         tiktoken_cache_dir=str(tiktoken_cache_dir(environ)),
-        url_overrides={name: environ[var] for name, var in URL_ENV.items() if environ.get(var)},
+        url_overrides=overrides,
     )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from pipeline.datasets import DATASETS, ConfigError, DatasetPaths, load_dataset_spec, parse_dataset_spec
+from pipeline.datasets import CONFIG_DIR, DATASETS, ConfigError, DatasetPaths, load_dataset_spec, parse_dataset_spec
 
 
 def test_shipped_specs_have_expected_sharding() -> None:
@@ -33,6 +35,11 @@ def test_shard_spanning_two_archives_maps_to_both() -> None:
         ({"n_images": "many"}, "n_images"),
         ({"base_url": None}, "base_url"),
         ({"md5": ["x"]}, "md5"),
+        ({"md5": {"images7": "0" * 32}}, "'images7' is not an archive"),
+        ({"md5": {"images0": "xyz"}}, "32 hex digits"),
+        ({"base_url": "ftp://mirror/"}, "'base_url': .*'ftp'"),
+        ({"layout": "mirflickr25k"}, "'layout' of mirflickr1m must be 'mirflickr1m'"),
+        ({"sample": {}}, "'sample' section"),
     ],
 )
 def test_malformed_spec_names_the_field(change: dict, field: str) -> None:
@@ -45,6 +52,23 @@ def test_malformed_spec_names_the_field(change: dict, field: str) -> None:
     }
     with pytest.raises(ConfigError, match=field):
         parse_dataset_spec(raw | change)
+
+
+@pytest.mark.parametrize("seed", [-1, "abc", True])
+def test_malformed_sample_seed_is_named(seed: object) -> None:
+    raw = {"name": "sample", "layout": "mirflickr1m", "n_images": 4, "shard_size": 2, "sample": {"seed": seed}}
+    with pytest.raises(ConfigError, match="'seed' must be a non-negative integer"):
+        parse_dataset_spec(raw)
+
+
+def test_config_file_must_exist_and_carry_its_own_name(tmp_path: Path) -> None:
+    (tmp_path / "datasets").mkdir()
+    with pytest.raises(ConfigError, match=r"sample\.yaml: cannot read"):
+        load_dataset_spec("sample", tmp_path)
+    text = (CONFIG_DIR / "datasets" / "mirflickr1m.yaml").read_text()
+    (tmp_path / "datasets" / "mirflickr25k.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="'name' must be 'mirflickr25k', the file's name, got 'mirflickr1m'"):
+        load_dataset_spec("mirflickr25k", tmp_path)
 
 
 def test_unknown_dataset_refused() -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import zipfile
+
 import dagster as dg
 import pytest
 
-from pipeline.datasets import DATASETS, ConfigError
+from pipeline.datasets import DATASETS, ConfigError, load_dataset_spec
 from pipeline.definitions import build_definitions
-from pipeline.factory import ColorizerConfig, token_problems, train_config_path, training_command
+from pipeline.factory import ColorizerConfig, build_dataset_assets, token_problems, train_config_path, training_command
 from pipeline.resources import storage_from_environ
 
 ASSETS = ("archives", "tags_archive", "lab_shards", "tag_tokens", "data_stats", "colorizer", "evaluation")
@@ -75,12 +78,60 @@ def test_storage_reads_the_environment(tmp_path) -> None:
     assert storage.paths("sample").root == tmp_path.resolve() / "sample"
     assert storage.url_overrides == {"mirflickr1m": "file:///mirror/"}
     assert str(storage.vocabulary_dir) == "/v"
-    from pipeline.datasets import load_dataset_spec
-
     assert storage.base_url(load_dataset_spec("mirflickr1m")) == "file:///mirror/"
     assert storage.base_url(load_dataset_spec("mirflickr25k")).startswith("https://")
     with pytest.raises(ConfigError, match="base_url"):
         storage.base_url(load_dataset_spec("sample"))
+    with pytest.raises(ConfigError, match=r"TAGCOLOR_MIRFLICKR25K_URL: .*'ftp'"):
+        storage_from_environ({"TAGCOLOR_MIRFLICKR25K_URL": "ftp://mirror/"})
+
+
+def materialize(key: str, env: dict[str, str], partition: str | None = None) -> dict:
+    """Materialize one asset in process with the storage built from ``env``; return its metadata values."""
+    asset_key = dg.AssetKey.from_user_string(key)
+    (asset,) = [a for a in build_dataset_assets(load_dataset_spec(asset_key.path[0])) if asset_key in a.keys]
+    result = dg.materialize(
+        [asset],
+        partition_key=partition,
+        resources={"storage": storage_from_environ(env)},
+    )
+    (event,) = result.get_asset_materialization_events()
+    return {name: value.value for name, value in event.materialization.metadata.items()}
+
+
+def test_archive_is_fetched_from_the_configured_mirror_into_the_data_root(tmp_path) -> None:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with zipfile.ZipFile(mirror / "images0.zip", "w") as archive:
+        archive.writestr("images/0/0.jpg", b"photo bytes")
+    data = tmp_path / "data"
+    env = {"TAGCOLOR_DATA_DIR": str(data), "TAGCOLOR_MIRFLICKR1M_URL": mirror.as_uri()}
+    first = materialize("mirflickr1m/archives", env, "images0")
+    dest = data / "mirflickr1m" / "raw" / "images0.zip"
+    assert dest.read_bytes() == (mirror / "images0.zip").read_bytes()
+    assert first["size_bytes"] == dest.stat().st_size and first["fetched"] is True
+    assert first["md5"] == hashlib.md5(dest.read_bytes()).hexdigest() and first["duration_s"] >= 0
+    assert first["url"] == f"{mirror.as_uri()}/images0.zip"
+    again = materialize("mirflickr1m/archives", env, "images0")
+    assert again["fetched"] is False and again["bytes_fetched"] == 0, "a verified archive is not fetched again"
+    written = {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*") if p.is_file()}
+    assert written == {"mirror", "data"}
+
+
+def test_mirflickr25k_tags_need_the_archive_and_its_tag_files(tmp_path) -> None:
+    env = {"TAGCOLOR_DATA_DIR": str(tmp_path)}
+    with pytest.raises(dg.Failure, match=r"mirflickr25k\.zip not found: materialize mirflickr25k/archives"):
+        materialize("mirflickr25k/tags_archive", env)
+    raw = tmp_path / "mirflickr25k" / "raw"
+    raw.mkdir(parents=True)
+    with zipfile.ZipFile(raw / "mirflickr25k.zip", "w") as archive:
+        archive.writestr("mirflickr/im1.jpg", b"photo")
+    with pytest.raises(dg.Failure, match="none of the 25,000 tag files"):
+        materialize("mirflickr25k/tags_archive", env)
+    with zipfile.ZipFile(raw / "mirflickr25k.zip", "a") as archive:
+        archive.writestr("mirflickr/meta/tags/tags1.txt", b"sky\n")
+        archive.writestr("mirflickr/meta/tags/tags2.txt", b"sea\n")
+    assert materialize("mirflickr25k/tags_archive", env)["tag_files"] == 2
 
 
 def test_token_problems_detects_range_and_inner_pads() -> None:

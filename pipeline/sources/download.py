@@ -130,7 +130,7 @@ def fetch_archive(
     """
     if max_retries < 0 or chunk_bytes <= 0:
         raise ValueError(f"max_retries must be ≥ 0 and chunk_bytes > 0, got {max_retries} and {chunk_bytes}")
-    source_path = _check_url(url)
+    source_path = check_url(url)
     started = time.monotonic()
     dest = Path(dest)
     expected_md5 = _normal_md5(md5)
@@ -161,7 +161,7 @@ def fetch_archive(
     return DownloadResult(dest, part.size, part.md5(), time.monotonic() - started, fetched, True, attempts)
 
 
-def _check_url(url: str) -> Path | None:
+def check_url(url: str) -> Path | None:
     """The local path of a ``file://`` URL, None for HTTP(S); refuses every other URL."""
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
