@@ -23,6 +23,10 @@ from model.data import DataError, DatasetLayout, read_layout
 ARCHITECTURE_KEYS = ("base_channels", "depth", "token_dim", "pool")
 """Keys that shape the networks: a resumed or initialised run must keep the checkpoint's values."""
 
+DATA_ORDER_KEYS = ("shards", "holdout_shard", "batch_size", "seed", "skip_grayscale")
+"""Keys that fix which images a step sees: a resumed run continues the same sequence only with the same values
+(a new subset is a new ``run_name`` with ``init_from``)."""
+
 POSITIVE_KEYS = (
     "image_size", "batch_size", "epochs", "n_critic", "base_channels", "depth", "token_dim",
     "min_token_count", "log_every", "ckpt_every", "keep_checkpoints", "prefetch",

@@ -25,10 +25,21 @@ def atomic_path(final: Path | str, suffix: str = "") -> Iterator[Path]:
         yield tmp
         if tmp.exists():
             tmp.chmod(0o644)
+            _fsync(tmp)
         os.replace(tmp, final)
+        _fsync(final.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file or a directory entry list) to disk, so a rename never outlives its data."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(final: Path | str, data: bytes) -> None:

@@ -39,7 +39,7 @@ from model.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from model.config import TrainConfig, TrainConfigError, load_train_config, validate_train_config
+from model.config import DATA_ORDER_KEYS, TrainConfig, TrainConfigError, load_train_config, validate_train_config
 from model.data import BatchLoader, DataError, TokenIndex, TrainingSet, read_layout, to_device, training_tokens
 from model.files import atomic_path, atomic_write_text
 from model.losses import LossWeights, critic_loss, generator_loss
@@ -141,6 +141,16 @@ def check_architecture(config: TrainConfig, saved: dict[str, Any], source: Path)
             raise TrainConfigError(f"{key}: {source} was trained with {value!r}, not {getattr(config, key)!r}")
 
 
+def check_data_order(config: TrainConfig, saved: dict[str, Any], source: Path) -> None:
+    """Refuse to resume a run on other data: its step and data position would mean nothing there."""
+    for key in DATA_ORDER_KEYS:
+        if saved.get(key) != getattr(config, key):
+            raise TrainConfigError(
+                f"{key}: resuming {source}, trained with {saved.get(key)!r}, not {getattr(config, key)!r};"
+                " to train on other data start a new run_name with init_from"
+            )
+
+
 def read_metrics(path: Path, up_to_step: int) -> list[dict[str, Any]]:
     """Rows logged before a resumed checkpoint; rows a killed run logged after it are dropped."""
     if not path.is_file():
@@ -179,6 +189,7 @@ def _initial_state(
     if config.resume and latest.is_file():
         payload = load_checkpoint(latest)
         check_architecture(config, payload["config"], latest)
+        check_data_order(config, payload["config"], latest)
         return restore_state(payload, config, device, resume=True), payload["rng"]
     if config.init_from is not None:
         payload = load_checkpoint(Path(config.init_from))

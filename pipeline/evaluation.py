@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from model.color import lab_u8_to_rgb
 from model.contract import PAD_ID
@@ -162,6 +163,19 @@ def _collage(
         for i, image_id in enumerate(rows["image_id"].tolist())
     ]
     return render_collage(collage_rows, path, tile=max(lab.shape[1], MIN_TILE))
+
+
+def trained_split(run_dir: Path) -> tuple[int, list[int]]:
+    """The held-out shard and the training shards of a run, as its ``config.yaml`` recorded them.
+
+    Read, not re-validated: a run trained on a GPU is evaluated on a CPU-only machine just as well.
+    """
+    path = run_dir / "config.yaml"
+    try:
+        saved = yaml.safe_load(path.read_text())
+        return int(saved["holdout_shard"]), [int(s) for s in saved["shards"]]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: no readable holdout_shard and shards ({error})") from error
 
 
 def evaluate_checkpoint(

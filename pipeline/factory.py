@@ -19,7 +19,7 @@ from pipeline.stats import compute_data_stats
 from pipeline.tokens import build_tag_tokens, load_tag_encoding
 
 REPO_ROOT = CONFIG_DIR.parent
-DEFAULT_TRAIN_CONFIG = {"sample": "sample_demo", "mirflickr25k": "mirflickr1m_1gpu", "mirflickr1m": "mirflickr1m_1gpu"}
+DEFAULT_TRAIN_CONFIG = {"sample": "sample_demo", "mirflickr25k": "mirflickr25k_1gpu", "mirflickr1m": "mirflickr1m_1gpu"}
 GPU_POOL = "tagcolor-gpu"
 
 
@@ -327,20 +327,19 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
         description="Held-out metrics with a tag ablation (true / no / shuffled tags), baselines and the collage.",
     )
     def evaluation(config: EvaluationConfig, storage: TagcolorStorage) -> dg.MaterializeResult:
-        from model.config import load_train_config
-        from pipeline.evaluation import evaluate_checkpoint
+        from pipeline.evaluation import evaluate_checkpoint, trained_split
 
         paths = storage.paths(spec.name)
-        run_dir = paths.runs / (config.run_name or spec.name)
+        run_dir = paths.inside(paths.runs / (config.run_name or spec.name))
         checkpoint = run_dir / "latest.pt"
         if not checkpoint.is_file():
             raise dg.Failure(f"no checkpoint at {checkpoint}: materialize {spec.name}/colorizer first")
-        trained = load_train_config(run_dir / "config.yaml", [])
-        holdout = trained.holdout_shard % spec.n_shards
+        holdout, train_shards = trained_split(run_dir)
         result = evaluate_checkpoint(
             paths,
             checkpoint,
             holdout,
+            train_shards=train_shards,
             n_images=config.n_images,
             collage_rows=config.collage_rows,
             seed=config.seed,

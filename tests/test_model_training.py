@@ -21,6 +21,8 @@ import torch.multiprocessing as mp
 import yaml
 from dagster_pipes import encode_param
 
+import model.checkpoint as checkpoint_module
+import model.train as train_module
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.color import colorfulness, rgb_to_lab_u8
 from model.config import TrainConfig, TrainConfigError, config_from_dict, load_train_config
@@ -321,6 +323,53 @@ def test_kill_and_resume_is_bit_identical(dataset: Path, tmp_path: Path) -> None
     pd.testing.assert_frame_equal(full_metrics, resumed_metrics)
     assert full_metrics["step"].tolist() == [1, 2, 3, 4, 5]
     assert yaml.safe_load((resumed.run_dir / "config.yaml").read_text())["resume"] is True
+
+
+def test_resume_refuses_other_data_and_init_from_starts_a_new_run(dataset: Path, tmp_path: Path) -> None:
+    first = train(tiny_config(dataset, tmp_path, run_name="a", max_steps=2, shards=[0]))
+    with pytest.raises(TrainConfigError, match=r"^shards: resuming .* trained with \[0\], not \[1\]"):
+        train(tiny_config(dataset, tmp_path, run_name="a", max_steps=4, shards=[1], resume=True))
+    with pytest.raises(TrainConfigError, match=r"^batch_size: resuming"):
+        train(tiny_config(dataset, tmp_path, run_name="a", max_steps=4, shards=[0], batch_size=2, resume=True))
+    follow = tiny_config(dataset, tmp_path, run_name="b", max_steps=1, shards=[1], init_from=str(first.checkpoint))
+    started = load_checkpoint(train(follow).checkpoint)
+    assert started["step"] == 1 and started["config"]["shards"] == [1]
+    assert {int(state["step"]) for state in started["opt_g"]["state"].values()} == {1}, "fresh optimizers"
+    weights = _tensors(load_checkpoint(first.checkpoint), ("generator",))
+    for name, tensor in _tensors(started, ("generator",)).items():
+        assert (tensor - weights[name]).abs().max() <= 2 * follow.lr, f"{name}: one Adam step from the old weights"
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tiny_config(dataset, tmp_path, max_steps=2)
+    train(config)
+    latest = tmp_path / "run" / "latest.pt"
+    before = latest.read_bytes()
+
+    def dies_halfway(payload: dict[str, Any], path: Path) -> None:
+        Path(path).write_bytes(b"half a checkpoint")
+        raise Killed
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", dies_halfway)
+    with pytest.raises(Killed):
+        train(replace(config, max_steps=4, resume=True))
+    monkeypatch.undo()
+    assert latest.read_bytes() == before and load_checkpoint(latest)["step"] == 2
+    assert sorted(p.name for p in latest.parent.iterdir() if p.name.startswith(".")) == [], "no temporary file left"
+    assert train(replace(config, max_steps=4, resume=True)).step == 4
+
+
+def test_out_of_memory_names_the_settings_to_lower(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def out_of_memory(*args: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train_module, "_train", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError, match=r"batch_size=4 \(per GPU\).*lower batch_size first"):
+        train(tiny_config(dataset, tmp_path, max_steps=1))
 
 
 def _free_port() -> int:
