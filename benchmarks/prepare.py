@@ -44,7 +44,7 @@ from skimage.transform import resize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.convert import ShardResult, convert_shard, convert_shards, decode_to_lab
+from pipeline.convert import ShardResult, TagCounts, convert_shard, convert_shards, decode_to_lab, shard_tag_counts
 from pipeline.datasets import DatasetPaths, DatasetSpec, load_dataset_spec
 from pipeline.tokens import build_tag_tokens, load_tag_encoding
 
@@ -154,11 +154,11 @@ def peak_rss_mib() -> float:
 
 
 def convert_and_peak_rss(
-    spec: DatasetSpec, paths: DatasetPaths, shard: int, vocabulary: Path
+    spec: DatasetSpec, paths: DatasetPaths, shard: int, counts: TagCounts
 ) -> tuple[ShardResult, float]:
     """Run in a fresh worker: one shard converted as a pool worker does it, and the worker's peak RSS."""
     cv2.setNumThreads(1)
-    return convert_shard(spec, paths, shard, vocabulary), peak_rss_mib()
+    return convert_shard(spec, paths, shard, counts), peak_rss_mib()
 
 
 def in_fresh_worker(run: Callable[..., T], *args: object) -> T:
@@ -220,6 +220,10 @@ def main() -> None:
         name: np.mean([np.abs(lab - run(p, args.size)).mean() for lab, p in zip(ours, sample, strict=True)])
         for name, run in (("naive", naive_lab), ("smart float", smart_float_lab))
     }
+    same_rgb = [decode_to_lab(p, args.size) for p in sample]
+    channel_gap = np.mean(
+        [np.abs(d.lab.astype(float) - encode_lab(rgb2lab(d.rgb / 255.0))).mean(axis=(0, 1)) for d in same_rgb], axis=0
+    )
 
     for name, value in decode_rates.items():
         print(f"  bare full-size decode, {name:36s} {value:8.0f} images/CPU-s")
@@ -234,6 +238,11 @@ def main() -> None:
     )
     for name, gap in gaps.items():
         print(f"  mean |Lab − {name} Lab| {gap:.2f} levels (first {len(sample)} photos)")
+    print(
+        "  mean |Lab − skimage rgb2lab of the same cropped, resized RGB| per channel: "
+        + ", ".join(f"{name} {gap:.2f}" for name, gap in zip("Lab", channel_gap, strict=True))
+        + " levels (target ≤ 1)"
+    )
 
     n_scaling = args.shards * args.shard_size
     with tempfile.TemporaryDirectory(prefix="tagcolor-bench-") as tmp:
@@ -256,9 +265,9 @@ def main() -> None:
         idle_rss = in_fresh_worker(peak_rss_mib)
         shard_rss: dict[int, tuple[float, float]] = {}
         for n in dict.fromkeys((args.shard_size, args.rss_shard_images)):
-            result, rss = in_fresh_worker(
-                convert_and_peak_rss, dataclasses.replace(base, n_images=n, shard_size=n), paths, 0, args.vocabulary
-            )
+            spec = dataclasses.replace(base, n_images=n, shard_size=n)
+            ((_, counts),) = shard_tag_counts(spec, paths, [0], args.vocabulary)
+            result, rss = in_fresh_worker(convert_and_peak_rss, spec, paths, 0, counts)
             assert result.n_valid == n
             shard_rss[n] = rss, n / result.seconds
 

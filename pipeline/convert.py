@@ -5,9 +5,10 @@ never opened), decoded at reduced size where the photo is at least twice the tar
 with a box (area) filter and converted to Lab in the OpenCV 8-bit encoding. A photo that cannot be used keeps
 its row, zero-filled, with ``valid = false`` and a reason, so row ``i`` of shard ``s`` is always image
 ``s · shard_size + i``. ``n_tags`` and ``n_tokens`` come from the shard's own tag files, read from the tag
-archive and tokenized here (a fraction of a second per 10,000 images), so ``lab_shards`` and ``tag_tokens``
-depend only on the archives and run in either order. Shards are the unit of work: a process pool converts
-several at once.
+archive and tokenized by the parent process (a fraction of a second per 10,000 images) and handed to the
+worker, so ``lab_shards`` and ``tag_tokens`` depend only on the archives and run in either order, and no
+worker holds the tag archive's million-entry member list. Shards are the unit of work: a process pool
+converts several at once.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from model.color import colorfulness, rgb_to_lab_u8
 from model.files import atomic_path
 from pipeline.datasets import DatasetPaths, DatasetSpec
 from pipeline.sources.members import count_unsafe_members
-from pipeline.tokens import load_tag_encoding, resolve_o200k_file, tag_counts
+from pipeline.tokens import UNREADABLE_MEMBER_ERRORS, load_tag_encoding, tag_counts
 
 MISSING = "missing"
 EMPTY = "empty"
@@ -50,11 +51,14 @@ limits, or a zip member that cannot be read (bad CRC, encrypted, unknown compres
 NOT_JPEG = "not_jpeg"
 """Counted, still valid: a decodable photo in another format (a PNG named ``.jpg``)."""
 
+CMYK = "cmyk"
+"""Counted, still valid: a photo stored in CMYK (print workflows), converted to RGB."""
+
 UNSAFE_MEMBERS = "unsafe_members"
 """Counted: image archive members whose names would leave the extraction directory; never read (the tag
 archive's are counted by ``tag_tokens``)."""
 
-COUNTED = (*INVALID_REASONS, NOT_JPEG, UNSAFE_MEMBERS)
+COUNTED = (*INVALID_REASONS, NOT_JPEG, CMYK, UNSAFE_MEMBERS)
 
 IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 """Formats Pillow may identify a member as; fewer parsers exposed to untrusted bytes."""
@@ -79,8 +83,6 @@ WINDOW_ROWS = 256
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, Image.DecompressionBombError)
 """What Pillow raises for malformed input; anything else is a bug and stops the run."""
 
-_MEMBER_ERRORS = (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, OSError)
-"""What reading a damaged, encrypted or oddly compressed zip member raises."""
 
 ROWS_SCHEMA = pa.schema(
     [
@@ -111,13 +113,14 @@ class ImageDecodeError(ValueError):
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """One converted photo: Lab and RGB ``(size, size, 3)`` uint8, the source size and Pillow's format name."""
+    """One converted photo: Lab and RGB ``(size, size, 3)`` uint8, the source size, Pillow's format and mode."""
 
     lab: np.ndarray
     rgb: np.ndarray
     width: int
     height: int
     format: str
+    mode: str
 
     @property
     def is_jpeg(self) -> bool:
@@ -181,7 +184,9 @@ def decode_to_lab(data: bytes, size: int) -> DecodedImage:
             rgb = _square_rgb(image, size)
         except _DECODE_ERRORS as error:
             raise ImageDecodeError(_reason(error), width, height) from error
-        return DecodedImage(lab=rgb_to_lab_u8(rgb), rgb=rgb, width=width, height=height, format=str(image.format))
+        return DecodedImage(
+            lab=rgb_to_lab_u8(rgb), rgb=rgb, width=width, height=height, format=str(image.format), mode=image.mode
+        )
 
 
 def mean_chroma(lab: np.ndarray) -> float:
@@ -203,7 +208,7 @@ def _read_member(archive: zipfile.ZipFile, name: str) -> bytes:
         raise ImageDecodeError(TOO_LARGE)
     try:
         return archive.read(info)
-    except _MEMBER_ERRORS as error:
+    except UNREADABLE_MEMBER_ERRORS as error:
         raise ImageDecodeError(BAD_MEMBER) from error
 
 
@@ -263,12 +268,31 @@ def _row_windows(path: Path, shape: tuple[int, ...]) -> Iterator[tuple[int, np.n
         del window
 
 
-def convert_shard(spec: DatasetSpec, paths: DatasetPaths, shard: int, vocabulary_dir: Path) -> ShardResult:
+@dataclass(frozen=True)
+class TagCounts:
+    """``n_tags`` and ``n_tokens`` (before truncation) of one shard's images, int32, in row order."""
+
+    n_tags: np.ndarray
+    n_tokens: np.ndarray
+
+
+def shard_tag_counts(
+    spec: DatasetSpec, paths: DatasetPaths, shards: Sequence[int], vocabulary_dir: Path
+) -> Iterator[tuple[int, TagCounts]]:
+    """Yield each shard's :class:`TagCounts`, reading the tag archive once for all of them."""
+    encoding = load_tag_encoding(vocabulary_dir)
+    with ExitStack() as stack:
+        archive = _Archives(paths, stack)[spec.layout.tags_archive]
+        for shard in shards:
+            yield shard, TagCounts(*tag_counts(archive, spec.layout, spec.shard_ids(shard), encoding))
+
+
+def convert_shard(spec: DatasetSpec, paths: DatasetPaths, shard: int, counts: TagCounts) -> ShardResult:
     """Convert the photos of ``shard`` into ``paths.shard(shard)`` and ``paths.shard_rows(shard)``.
 
     Both files appear under their final names only when the whole shard succeeded; a re-run replaces them.
-    Bad photos never stop the run: they are counted in ``reasons`` and keep a zero row. ``vocabulary_dir``
-    holds the tokenizer's vocabulary, for the ``n_tokens`` column.
+    Bad photos never stop the run: they are counted in ``reasons`` and keep a zero row. ``counts`` fill the
+    tag columns (see :func:`shard_tag_counts`).
     """
     started = time.perf_counter()
     ids = spec.shard_ids(shard)
@@ -279,10 +303,10 @@ def convert_shard(spec: DatasetSpec, paths: DatasetPaths, shard: int, vocabulary
     grayscale = np.zeros(n, dtype=bool)
     colourful = np.zeros(n, dtype=np.float32)
     dims = np.zeros((n, 2), dtype=np.int32)
-    encoding = load_tag_encoding(vocabulary_dir)
+    if not len(counts.n_tags) == len(counts.n_tokens) == n:
+        raise ValueError(f"shard {shard}: tag counts for {len(counts.n_tags)} images, the shard holds {n}")
     with ExitStack() as stack:
         archives = _Archives(paths, stack)
-        n_tags, n_tokens = tag_counts(archives[spec.layout.tags_archive], spec.layout, ids, encoding)
         for name in _owned_archives(spec, ids):
             reasons[UNSAFE_MEMBERS] += count_unsafe_members(archives[name])
         shard_tmp = stack.enter_context(atomic_path(paths.shard(shard), suffix=".npy"))
@@ -304,6 +328,7 @@ def convert_shard(spec: DatasetSpec, paths: DatasetPaths, shard: int, vocabulary
                 grayscale[row] = mean_chroma(image.lab) < GRAYSCALE_CHROMA
                 colourful[row] = colorfulness(image.rgb)
                 reasons[NOT_JPEG] += not image.is_jpeg
+                reasons[CMYK] += image.mode == "CMYK"
         columns = [
             np.arange(ids.start, ids.stop, dtype=np.int64),
             np.full(n, shard, dtype=np.int32),
@@ -314,8 +339,8 @@ def convert_shard(spec: DatasetSpec, paths: DatasetPaths, shard: int, vocabulary
             dims[:, 1],
             grayscale,
             colourful,
-            n_tags,
-            n_tokens,
+            counts.n_tags,
+            counts.n_tokens,
         ]
         pq.write_table(pa.table([pa.array(c) for c in columns], schema=ROWS_SCHEMA), rows_tmp)
     n_valid = int(valid.sum())
@@ -355,17 +380,16 @@ def convert_shards(
     workers = workers or os.cpu_count() or 1
     if workers < 1:
         raise ValueError(f"workers must be positive, got {workers}")
-    resolve_o200k_file(vocabulary_dir)
     results: dict[int, ShardResult] = {}
     with ProcessPoolExecutor(
         max_workers=min(workers, len(order)),
         mp_context=multiprocessing.get_context("spawn"),
         initializer=init_opencv_worker,
     ) as pool:
-        futures: dict[Future[ShardResult], int] = {
-            pool.submit(convert_shard, spec, paths, shard, vocabulary_dir): shard for shard in order
-        }
+        futures: dict[Future[ShardResult], int] = {}
         try:
+            for shard, counts in shard_tag_counts(spec, paths, order, vocabulary_dir):
+                futures[pool.submit(convert_shard, spec, paths, shard, counts)] = shard
             for future in as_completed(futures):
                 result = future.result()
                 results[futures[future]] = result
@@ -377,6 +401,7 @@ def convert_shards(
     return [results[shard] for shard in order]
 
 
-def read_images_table(paths: DatasetPaths) -> pd.DataFrame:
-    """Every shard's rows of ``images.parquet``, concatenated and sorted by ``image_id``."""
-    return pd.read_parquet(paths.images_table).sort_values("image_id", ignore_index=True)
+def read_images_table(paths: DatasetPaths, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Every shard's rows of ``images.parquet`` (``columns`` only, if given), sorted by ``image_id``."""
+    columns = None if columns is None else list(dict.fromkeys(["image_id", *columns]))
+    return pd.read_parquet(paths.images_table, columns=columns).sort_values("image_id", ignore_index=True)

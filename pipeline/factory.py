@@ -1,5 +1,6 @@
 """One asset graph per dataset: archives → shards and tokens → stats → colorizer → evaluation."""
 
+import os
 import sys
 import time
 import zipfile
@@ -30,6 +31,8 @@ class ShardsConfig(dg.Config):
 
 
 class StatsConfig(dg.Config):
+    """How many processes stream the shards' histograms (0: one per core)."""
+
     workers: int = 0
 
 
@@ -245,6 +248,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
                 "images": result.n_images,
                 "missing_tag_files": result.missing,
                 "invalid_utf8": result.invalid_utf8,
+                "unreadable_tag_files": result.unreadable,
                 "without_tags": result.empty,
                 "truncated": result.truncated,
                 "unsafe_members": result.unsafe_members,
@@ -255,22 +259,8 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
 
     @dg.asset_check(asset=tokens_key, description="Token ids lie in [0, pad] and pads only trail.")
     def tokens_in_range(storage: TagcolorStorage) -> dg.AssetCheckResult:
-        tokens = np.load(storage.paths(spec.name).tokens, mmap_mode="r")
-        return dg.AssetCheckResult(passed=not token_problems(tokens), metadata={"problems": token_problems(tokens)})
-
-    @dg.asset_check(
-        asset=tokens_key,
-        additional_deps=[shards_key],
-        description="images.parquet and tokens.npy have one row per image of the dataset.",
-    )
-    def tokens_align_with_images(storage: TagcolorStorage) -> dg.AssetCheckResult:
-        paths = storage.paths(spec.name)
-        n_images = len(read_images_table(paths)) if paths.images_table.is_dir() else 0
-        n_tokens = np.load(paths.tokens, mmap_mode="r").shape[0]
-        return dg.AssetCheckResult(
-            passed=n_tokens == n_images == spec.n_images,
-            metadata={"tokens_rows": n_tokens, "images_rows": n_images, "expected": spec.n_images},
-        )
+        problems = token_problems(np.load(storage.paths(spec.name).tokens, mmap_mode="r"))
+        return dg.AssetCheckResult(passed=not problems, metadata={"problems": problems or "none"})
 
     @dg.asset(
         key=stats_key,
@@ -278,14 +268,34 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
         deps=[shards_key, tokens_key],
         kinds={"parquet", "markdown"},
         automation_condition=dg.AutomationCondition.eager(),
+        check_specs=[
+            dg.AssetCheckSpec(
+                "tokens_align_with_images",
+                asset=stats_key,
+                description="images.parquet and tokens.npy both hold the dataset's images once each, in id order.",
+            )
+        ],
         description="Token, tag and Lab statistics: Parquet tables, data_stats.md and plots.",
     )
     def data_stats(config: StatsConfig, storage: TagcolorStorage) -> dg.MaterializeResult:
         paths = storage.paths(spec.name)
         encoding = load_tag_encoding(storage.vocabulary_dir)
-        result = compute_data_stats(paths, spec.n_shards, lambda i: encoding.decode([i]), workers=config.workers or 1)
+        result = compute_data_stats(
+            paths,
+            spec.n_shards,
+            lambda i: encoding.decode_single_token_bytes(i).decode("utf-8", "backslashreplace"),
+            workers=config.workers or os.cpu_count() or 1,
+        )
         report = result.report_path.read_text()
+        problems = alignment_problems(spec, paths)
         return dg.MaterializeResult(
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="tokens_align_with_images",
+                    passed=not problems,
+                    metadata={"problems": problems or "none"},
+                )
+            ],
             metadata={
                 "report": dg.MetadataValue.path(str(result.report_path)),
                 "preview": dg.MetadataValue.md(report[:20_000]),
@@ -293,7 +303,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
                 **{f"table/{name}": metadata.table(df) for name, df in result.tables.items()},
                 "seconds": result.seconds,
                 "gb_scanned": result.bytes_scanned / 1e9,
-            }
+            },
         )
 
     @dg.asset(
@@ -362,7 +372,6 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
         lab_shards,
         tag_tokens,
         tokens_in_range,
-        tokens_align_with_images,
         data_stats,
         colorizer,
         evaluation,
@@ -386,6 +395,19 @@ def shard_problems(spec: DatasetSpec, paths: DatasetPaths, shard: int) -> list[s
     if not (np.array_equal(rows["image_id"], np.asarray(ids)) and np.array_equal(rows["row"], np.arange(len(ids)))):
         problems.append(f"{paths.shard_rows(shard).name}: rows are not image ids {ids[0]}…{ids[-1]} in order")
     return problems
+
+
+def alignment_problems(spec: DatasetSpec, paths: DatasetPaths) -> str:
+    """'' when ``images.parquet`` and ``tokens.npy`` hold images ``0 … n_images − 1`` once each, in order."""
+    expected = np.arange(spec.n_images)
+    ids = read_images_table(paths, ["image_id"])["image_id"].to_numpy() if paths.images_table.is_dir() else np.empty(0)
+    n_tokens = np.load(paths.tokens, mmap_mode="r").shape[0] if paths.tokens.is_file() else 0
+    problems = []
+    if not np.array_equal(ids, expected):
+        problems.append(f"images.parquet holds {len(ids):,} rows, not image ids 0 … {spec.n_images - 1:,} once each")
+    if n_tokens != spec.n_images:
+        problems.append(f"tokens.npy holds {n_tokens:,} rows, expected {spec.n_images:,}")
+    return "; ".join(problems)
 
 
 def token_problems(tokens: np.ndarray) -> str:

@@ -35,7 +35,10 @@ def _plain(value: object) -> str | int | float | bool | None:
 
 
 def numbers(figures: dict[str, float | int]) -> dict[str, dg.MetadataValue]:
-    """Numeric figures as metadata the UI plots across materializations (non-finite values as text)."""
+    """Numeric figures as metadata the UI plots across materializations.
+
+    A non-finite value is left out: a text entry would change the key's type and break its plot.
+    """
     out: dict[str, dg.MetadataValue] = {}
     for key, value in figures.items():
         if isinstance(value, bool):
@@ -44,8 +47,6 @@ def numbers(figures: dict[str, float | int]) -> dict[str, dg.MetadataValue]:
             out[key] = dg.MetadataValue.int(int(value))
         elif math.isfinite(float(value)):
             out[key] = dg.MetadataValue.float(float(value))
-        else:
-            out[key] = dg.MetadataValue.text(str(value))
     return out
 
 

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from model.contract import O200K_VOCAB_SIZE, PAD_ID, TOKENS_PER_IMAGE, VOCAB_SIZE_WITH_PAD
 from model.files import atomic_path
-from pipeline.convert import init_opencv_worker, read_images_table
+from pipeline.convert import INVALID_REASONS, init_opencv_worker, read_images_table
 from pipeline.datasets import DatasetPaths
 from pipeline.report import write_report
 
@@ -173,8 +173,8 @@ def shard_table(images: pd.DataFrame, n_shards: int) -> pd.DataFrame:
         },
         index=shards,
     )
-    reasons = pd.crosstab(invalid["shard"], invalid["reason"]).reindex(shards)
-    for reason in reasons.columns:
+    reasons = pd.crosstab(invalid["shard"], invalid["reason"]).reindex(index=shards, columns=INVALID_REASONS)
+    for reason in INVALID_REASONS:
         table[f"invalid_{reason}"] = reasons[reason]
     table["grayscale"] = valid.groupby("shard")["is_grayscale"].sum()
     table = table.fillna(0).astype(np.int64)

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -297,15 +298,20 @@ class TagBatch:
     tags: list[list[str]]
     missing: int
     invalid_utf8: int
+    unreadable: int = 0
+
+
+UNREADABLE_MEMBER_ERRORS = (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, OSError, zlib.error)
+"""What reading a damaged, encrypted or oddly compressed zip member raises."""
 
 
 def read_tags(archive: zipfile.ZipFile, layout: ArchiveLayout, ids: Sequence[int]) -> TagBatch:
-    """Read the tag file of each id by the layout's member name; a missing member gives no tags.
+    """Read the tag file of each id by the layout's member name; a missing or unreadable member gives no tags.
 
     Only the layout's names are ever looked up, so stray members (``../evil.txt``) are never touched.
     """
     tags: list[list[str]] = []
-    missing = invalid = 0
+    missing = invalid = unreadable = 0
     for image_id in ids:
         try:
             raw = archive.read(layout.tag_member(image_id))
@@ -313,10 +319,14 @@ def read_tags(archive: zipfile.ZipFile, layout: ArchiveLayout, ids: Sequence[int
             tags.append([])
             missing += 1
             continue
+        except UNREADABLE_MEMBER_ERRORS:
+            tags.append([])
+            unreadable += 1
+            continue
         parsed, bad = parse_tag_file(raw)
         tags.append(parsed)
         invalid += bad
-    return TagBatch(tags=tags, missing=missing, invalid_utf8=invalid)
+    return TagBatch(tags=tags, missing=missing, invalid_utf8=invalid, unreadable=unreadable)
 
 
 def tag_counts(
@@ -337,6 +347,7 @@ class TagTokensResult:
     n_images: int
     missing: int
     invalid_utf8: int
+    unreadable: int
     empty: int
     truncated: int
     unsafe_members: int
@@ -365,7 +376,7 @@ def build_tag_tokens(
     if not archive_path.is_file():
         raise FileNotFoundError(f"tag archive {archive_path} not found; materialize tags_archive first")
     n = spec.n_images
-    missing = invalid = empty = truncated = 0
+    missing = invalid = unreadable = empty = truncated = 0
     seen = np.zeros(VOCAB_SIZE_WITH_PAD, dtype=bool)
     with (
         zipfile.ZipFile(archive_path) as archive,
@@ -397,6 +408,7 @@ def build_tag_tokens(
                 seen[tokens.ravel()] = True
                 missing += batch.missing
                 invalid += batch.invalid_utf8
+                unreadable += batch.unreadable
                 empty += int((n_tags == 0).sum())
                 truncated += int((n_tokens > TOKENS_PER_IMAGE).sum())
                 if progress is not None:
@@ -407,6 +419,7 @@ def build_tag_tokens(
         n_images=n,
         missing=missing,
         invalid_utf8=invalid,
+        unreadable=unreadable,
         empty=empty,
         truncated=truncated,
         unsafe_members=unsafe,

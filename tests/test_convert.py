@@ -25,8 +25,9 @@ from pipeline.convert import (
     convert_shards,
     decode_to_lab,
     read_images_table,
+    shard_tag_counts,
 )
-from pipeline.datasets import DatasetPaths, load_dataset_spec
+from pipeline.datasets import DatasetPaths, DatasetSpec, load_dataset_spec
 from pipeline.sources.members import is_unsafe_member
 from pipeline.tokens import build_tag_tokens, load_tag_encoding
 
@@ -107,6 +108,12 @@ def write_raw(paths: DatasetPaths, images: dict[int, bytes]) -> None:
             archive.writestr(name, b"sky\n")
 
 
+def convert_one(spec: DatasetSpec, paths: DatasetPaths, shard: int, vocabulary_dir: Path) -> ShardResult:
+    """One shard converted in this process, its tag counts read as ``convert_shards`` reads them."""
+    ((_, counts),) = shard_tag_counts(spec, paths, [shard], vocabulary_dir)
+    return convert_shard(spec, paths, shard, counts)
+
+
 def reference_lab(data: bytes, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
     """RGB and Lab of a photo computed without pipeline code: OpenCV decode, then :func:`square_lab`."""
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
@@ -129,7 +136,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory, vocabulary_dir: Path) -> t
     write_raw(paths, photos())
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(convert, "WINDOW_ROWS", 2)
-        results = [convert_shard(SPEC, paths, shard, vocabulary_dir) for shard in range(SPEC.n_shards)]
+        results = [convert_one(SPEC, paths, shard, vocabulary_dir) for shard in range(SPEC.n_shards)]
     return paths, results
 
 
@@ -183,7 +190,7 @@ def test_bad_photos_keep_zero_rows_and_reasons(dataset: tuple[DatasetPaths, list
     assert (table.loc[table["valid"], "reason"] == "").all()
     assert table["valid"].sum() == 12 - len(BAD)
     first, second, third = (r.reasons for r in results)
-    assert first == {**dict.fromkeys(convert.COUNTED, 0), "not_jpeg": 1, "unsafe_members": len(UNSAFE)}
+    assert first == {**dict.fromkeys(convert.COUNTED, 0), "not_jpeg": 1, "cmyk": 1, "unsafe_members": len(UNSAFE)}
     assert second == {**dict.fromkeys(convert.COUNTED, 0), **{reason: 1 for reason in BAD.values()}}
     assert not any(third.values())
     assert [r.n_valid for r in results] == [5, 1, 2]
@@ -265,7 +272,7 @@ def test_unsafe_members_are_counted_never_read(
     write_raw(paths, photos())
     opened.clear()
     assert build_tag_tokens(SPEC, paths, load_tag_encoding(vocabulary_dir)).unsafe_members == len(UNSAFE_TAGS)
-    result = convert_shard(SPEC, paths, 0, vocabulary_dir)
+    result = convert_one(SPEC, paths, 0, vocabulary_dir)
     assert result.reasons["unsafe_members"] == len(UNSAFE), "the tag archive's are counted by tag_tokens"
     assert opened and not any(map(is_unsafe_member, opened))
     assert read_images_table(paths)["n_tags"].tolist() == [len(TAGS[i][1]) for i in SPEC.shard_ids(0)]
@@ -282,12 +289,12 @@ def test_oversized_and_damaged_members(tmp_path: Path, vocabulary_dir: Path, mon
         byte = file.read(1)
         file.seek(-1, io.SEEK_CUR)
         file.write(bytes([byte[0] ^ 0xFF]))
-    result = convert_shard(SPEC, paths, 0, vocabulary_dir)
+    result = convert_one(SPEC, paths, 0, vocabulary_dir)
     assert result.reasons["bad_member"] == 1
     assert read_images_table(paths).set_index("image_id").loc[SMALL, "reason"] == "bad_member"
     assert len(photos()[LARGE]) == max(len(photos()[i]) for i in SPEC.shard_ids(0))
     monkeypatch.setattr(convert, "MAX_MEMBER_BYTES", len(photos()[LARGE]) - 1)
-    result = convert_shard(SPEC, paths, 0, vocabulary_dir)
+    result = convert_one(SPEC, paths, 0, vocabulary_dir)
     assert (result.reasons["too_large"], result.reasons["bad_member"], result.n_valid) == (1, 1, 3)
 
 
@@ -298,11 +305,11 @@ def listing(paths: DatasetPaths) -> list[str]:
 def test_rerun_replaces_shard_atomically(tmp_path: Path, vocabulary_dir: Path) -> None:
     paths = DatasetPaths(tmp_path / "sample")
     write_raw(paths, photos())
-    convert_shard(SPEC, paths, 1, vocabulary_dir)
+    convert_one(SPEC, paths, 1, vocabulary_dir)
     before = paths.shard(1).stat().st_ino, paths.shard_rows(1).stat().st_ino
     assert not np.load(paths.shard(1))[CORRUPT - 5].any()
     write_raw(paths, {**photos(), CORRUPT: photos()[NEUTRAL]})
-    result = convert_shard(SPEC, paths, 1, vocabulary_dir)
+    result = convert_one(SPEC, paths, 1, vocabulary_dir)
     assert (paths.shard(1).stat().st_ino, paths.shard_rows(1).stat().st_ino) != before
     np.testing.assert_array_equal(np.load(paths.shard(1))[CORRUPT - 5], decode_to_lab(photos()[NEUTRAL], SIZE).lab)
     assert result.reasons["undecodable"] == 0 and read_images_table(paths).set_index("image_id").loc[CORRUPT, "valid"]
@@ -314,7 +321,7 @@ def test_failure_mid_shard_leaves_no_file(
 ) -> None:
     paths = DatasetPaths(tmp_path / "sample")
     write_raw(paths, photos())
-    convert_shard(SPEC, paths, 1, vocabulary_dir)
+    convert_one(SPEC, paths, 1, vocabulary_dir)
     kept = paths.shard(1).read_bytes(), paths.shard_rows(1).read_bytes()
     calls: list[int] = []
 
@@ -328,7 +335,7 @@ def test_failure_mid_shard_leaves_no_file(
     for shard in (0, 1):
         calls.clear()
         with pytest.raises(RuntimeError, match="worker killed"):
-            convert_shard(SPEC, paths, shard, vocabulary_dir)
+            convert_one(SPEC, paths, shard, vocabulary_dir)
     assert (paths.shard(1).read_bytes(), paths.shard_rows(1).read_bytes()) == kept
     assert listing(paths) == ["images.parquet/001.parquet", "shards/lab_001.npy"]
 
@@ -360,16 +367,19 @@ def test_convert_shards_parallel_matches_serial(
 def test_missing_inputs_are_named(tmp_path: Path, vocabulary_dir: Path) -> None:
     paths = DatasetPaths(tmp_path / "sample")
     write_raw(paths, photos())
-    assert convert_shard(SPEC, paths, 0, vocabulary_dir).n_valid == 5, "no tokens.npy or tags.parquet is needed"
+    assert convert_one(SPEC, paths, 0, vocabulary_dir).n_valid == 5, "no tokens.npy or tags.parquet is needed"
     paths.archive("tags").unlink()
     with pytest.raises(FileNotFoundError, match=r"tags\.zip not found; materialize it first"):
-        convert_shard(SPEC, paths, 1, vocabulary_dir)
+        convert_one(SPEC, paths, 1, vocabulary_dir)
     with pytest.raises(FileNotFoundError, match=r"tags\.zip not found; materialize it first"):
         convert_shards(SPEC, paths, [1], vocabulary_dir, workers=1)
     write_raw(paths, photos())
     paths.archive("images0").unlink()
     with pytest.raises(FileNotFoundError, match=r"images0\.zip not found; materialize it first"):
-        convert_shard(SPEC, paths, 0, vocabulary_dir)
+        convert_one(SPEC, paths, 0, vocabulary_dir)
+    counts = convert.TagCounts(np.zeros(4, np.int32), np.zeros(4, np.int32))
+    with pytest.raises(ValueError, match="tag counts for 4 images, the shard holds 5"):
+        convert_shard(SPEC, paths, 0, counts)
     assert listing(paths) == ["images.parquet/000.parquet", "shards/lab_000.npy"], "shard 0 kept, nothing half made"
 
 
@@ -389,7 +399,7 @@ def test_shard_is_mapped_a_window_at_a_time(
 
     monkeypatch.setattr(np, "memmap", spy)
     monkeypatch.setattr(convert, "WINDOW_ROWS", 2)
-    convert_shard(SPEC, paths, 0, vocabulary_dir)
+    convert_one(SPEC, paths, 0, vocabulary_dir)
     assert mapped[1:] == [2, 2, 1], "the first mapping only writes the header"
 
 
@@ -402,7 +412,7 @@ def test_mirflickr25k_layout_reads_photos_and_tags_from_one_archive(tmp_path: Pa
             archive.writestr(spec.layout.image_member(image_id), photos()[SMALL])
             archive.writestr(spec.layout.tag_member(image_id), "sky\n" * image_id)
         archive.writestr("../evil.jpg", photos()[SMALL])
-    results = [convert_shard(spec, paths, shard, vocabulary_dir) for shard in range(spec.n_shards)]
+    results = [convert_one(spec, paths, shard, vocabulary_dir) for shard in range(spec.n_shards)]
     assert [(r.n_images, r.n_valid, r.reasons["unsafe_members"]) for r in results] == [(2, 2, 1), (1, 1, 0)]
     assert read_images_table(paths)["n_tags"].tolist() == [0, 1, 2]
     np.testing.assert_array_equal(np.load(paths.shard(1))[0], reference_lab(photos()[SMALL])[1])

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import zipfile
 
 import dagster as dg
 import pytest
 
-from pipeline.datasets import DATASETS, ConfigError, load_dataset_spec
+from pipeline.datasets import DATASETS, ConfigError, DatasetPaths, load_dataset_spec
 from pipeline.definitions import build_definitions
-from pipeline.factory import ColorizerConfig, build_dataset_assets, token_problems, train_config_path, training_command
+from pipeline.factory import (
+    ColorizerConfig,
+    alignment_problems,
+    build_dataset_assets,
+    token_problems,
+    train_config_path,
+    training_command,
+)
 from pipeline.resources import storage_from_environ
 
 ASSETS = ("archives", "tags_archive", "lab_shards", "tag_tokens", "data_stats", "colorizer", "evaluation")
@@ -132,6 +140,25 @@ def test_mirflickr25k_tags_need_the_archive_and_its_tag_files(tmp_path) -> None:
         archive.writestr("mirflickr/meta/tags/tags1.txt", b"sky\n")
         archive.writestr("mirflickr/meta/tags/tags2.txt", b"sea\n")
     assert materialize("mirflickr25k/tags_archive", env)["tag_files"] == 2
+
+
+def test_alignment_problems_name_the_table_that_is_off(tmp_path) -> None:
+    import numpy as np
+    import pandas as pd
+
+    spec = dataclasses.replace(load_dataset_spec("sample"), n_images=4, shard_size=2)
+    paths = DatasetPaths(tmp_path)
+    assert "images.parquet holds 0 rows" in alignment_problems(spec, paths)
+    assert "tokens.npy holds 0 rows" in alignment_problems(spec, paths)
+    paths.images_table.mkdir(parents=True)
+    for shard, ids in ((1, [2, 3]), (0, [0, 1])):
+        pd.DataFrame({"image_id": ids, "shard": shard}).to_parquet(paths.shard_rows(shard))
+    np.save(paths.tokens, np.zeros((4, 20), np.int32))
+    assert alignment_problems(spec, paths) == ""
+    np.save(paths.tokens, np.zeros((3, 20), np.int32))
+    assert alignment_problems(spec, paths) == "tokens.npy holds 3 rows, expected 4"
+    pd.DataFrame({"image_id": [1, 2], "shard": 1}).to_parquet(paths.shard_rows(1))
+    assert alignment_problems(spec, paths).startswith("images.parquet holds 4 rows, not image ids 0 … 3")
 
 
 def test_token_problems_detects_range_and_inner_pads() -> None:

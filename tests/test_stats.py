@@ -14,6 +14,7 @@ import tiktoken
 
 import pipeline.stats as stats
 from model.contract import O200K_VOCAB_SIZE, PAD_ID, TOKENS_PER_IMAGE
+from pipeline.convert import INVALID_REASONS
 from pipeline.datasets import DatasetPaths
 from pipeline.stats import (
     channel_histograms,
@@ -289,7 +290,7 @@ def test_shard_table_by_hand(computed, dataset: DatasetPaths) -> None:
         "images": [3, 2],
         "valid": [2, 2],
         "invalid": [1, 0],
-        "invalid_missing": [1, 0],
+        **{f"invalid_{reason}": [int(reason == "missing"), 0] for reason in INVALID_REASONS},
         "grayscale": [0, 1],
         "mean_colorfulness": [20.0, 4.0],
     }

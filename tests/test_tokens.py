@@ -394,6 +394,18 @@ def test_build_tag_tokens_25k_layout(tmp_path: Path, encoding: tiktoken.Encoding
     assert result.unsafe_members == 1, "the photos' ../evil.jpg: 25k keeps photos and tags in one archive"
 
 
+def test_damaged_tag_member_counts_as_unreadable(tmp_path: Path, encoding: tiktoken.Encoding) -> None:
+    paths = DatasetPaths(tmp_path / "sample")
+    layout = ArchiveLayout("mirflickr1m")
+    write_zip(paths.archive("tags"), {layout.tag_member(0): b"sky\n", layout.tag_member(1): b"damagedtag\n"})
+    data = paths.archive("tags").read_bytes()
+    paths.archive("tags").write_bytes(data.replace(b"damagedtag", b"damagedtaX"))
+    result = build_tag_tokens(sample_spec(2), paths, encoding)
+    assert (result.unreadable, result.missing, result.empty) == (1, 0, 1)
+    tokens = np.load(paths.tokens)
+    assert tokens[0, 0] == encoding.encode_ordinary("sky")[0] and (tokens[1] == PAD_ID).all()
+
+
 def test_missing_tag_archive_is_named(tmp_path: Path, encoding: tiktoken.Encoding) -> None:
     paths = DatasetPaths(tmp_path / "sample")
     with pytest.raises(FileNotFoundError, match=r"tags\.zip"):

@@ -79,10 +79,15 @@ def test_webserver_serves_the_whole_code_location(tmp_path: Path) -> None:
     for dataset in DATASETS:
         for name in ("archives", "tags_archive", "lab_shards", "tag_tokens", "data_stats", "colorizer", "evaluation"):
             assert f"{dataset}/{name}" in assets
-        checks = {c["name"] for c in assets[f"{dataset}/tag_tokens"]["assetChecksOrError"]["checks"]}
-        assert checks == {"tokens_in_range", "tokens_align_with_images"}
-        shard_checks = assets[f"{dataset}/lab_shards"]["assetChecksOrError"]["checks"]
-        assert [c["name"] for c in shard_checks] == ["shard_contract"]
+        checks = {
+            name: [c["name"] for c in assets[f"{dataset}/{name}"]["assetChecksOrError"]["checks"]]
+            for name in ("lab_shards", "tag_tokens", "data_stats")
+        }
+        assert checks == {
+            "lab_shards": ["shard_contract"],
+            "tag_tokens": ["tokens_in_range"],
+            "data_stats": ["tokens_align_with_images"],
+        }
     schedules = {s["name"]: s["cronSchedule"] for s in repository["schedules"]}
     assert schedules["mirflickr1m_weekly_training"] == "0 3 * * 1"
     assert {f"{d}_stats_refresh" for d in DATASETS} <= set(schedules)
