@@ -7,7 +7,7 @@ DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 SAMPLE_RUN_CONFIG ?= assets_config/runs/sample_demo.yaml
 MATERIALIZE = TAGCOLOR_DATA_DIR=$(DATA) DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster asset materialize -m pipeline.definitions
 
-.PHONY: setup demo test lint dev
+.PHONY: setup instance demo test lint dev
 
 $(BIN)/dagster: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,12 @@ $(BIN)/dagster: pyproject.toml
 setup: $(BIN)/dagster
 
 # The sample end to end: archives → shards → tokens → stats → colorizer → evaluation.
-demo: setup
+# The Dagster instance: its own settings (assets_config/dagster.yaml) unless DAGSTER_HOME already has some.
+instance:
 	mkdir -p $(DAGSTER_HOME)
+	test -f $(DAGSTER_HOME)/dagster.yaml || cp assets_config/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+demo: setup instance
 	$(MATERIALIZE) --select 'sample/archives' --partition images0
 	$(MATERIALIZE) --select 'sample/tags_archive'
 	$(MATERIALIZE) --select 'sample/lab_shards' --partition-range 000...001
@@ -38,6 +42,5 @@ test: lint
 	$(BIN)/dagster definitions validate -w workspace.yaml
 	$(BIN)/python -m pytest; code=$$?; if [ $$code -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$code
 
-dev: setup
-	mkdir -p $(DAGSTER_HOME)
+dev: setup instance
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -w workspace.yaml

@@ -25,12 +25,12 @@ def dataset_automation(dataset: str, crons: dict[str, str]) -> tuple[list, list]
     """A training+evaluation job and a stats job for one dataset, each on its schedule."""
     training = dg.define_asset_job(
         f"{dataset}_training",
-        selection=dg.AssetSelection.keys([dataset, "colorizer"], [dataset, "evaluation"]),
+        selection=dg.AssetSelection.assets([dataset, "colorizer"], [dataset, "evaluation"]),
         tags={"tagcolor/dataset": dataset, "tagcolor/gpu": "true"},
     )
     stats = dg.define_asset_job(
         f"{dataset}_stats",
-        selection=dg.AssetSelection.keys([dataset, "data_stats"]),
+        selection=dg.AssetSelection.assets([dataset, "data_stats"]),
         tags={"tagcolor/dataset": dataset},
     )
     schedules = [
@@ -53,7 +53,14 @@ def build_definitions() -> dg.Definitions:
         asset_checks=[a for a in assets if isinstance(a, dg.AssetChecksDefinition)],
         jobs=jobs,
         schedules=schedules,
-        sensors=[dg.AutomationConditionSensorDefinition("tagcolor_automation", target=dg.AssetSelection.all())],
+        sensors=[
+            dg.AutomationConditionSensorDefinition(
+                "tagcolor_automation",
+                target=dg.AssetSelection.all(),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                run_tags={"tagcolor/trigger": "automation"},
+            )
+        ],
         resources={"storage": storage_from_environ(), "pipes": dg.PipesSubprocessClient()},
     )
 

@@ -312,7 +312,6 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
         deps=[shards_key, tokens_key],
         kinds={"pytorch"},
         pool=GPU_POOL,
-        op_tags={"tagcolor/gpu": "true"},
         description="The tag-conditioned cWGAN-GP, trained in its own process (torchrun for several GPUs).",
     )
     def colorizer(
@@ -333,7 +332,8 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
         group_name=group,
         deps=[colorizer_key, shards_key, tokens_key],
         kinds={"pytorch", "png"},
-        automation_condition=dg.AutomationCondition.eager(),
+        pool=GPU_POOL,
+        automation_condition=dg.AutomationCondition.eager().allow(dg.AssetSelection.assets(colorizer_key)),
         description="Held-out metrics with a tag ablation (true / no / shuffled tags), baselines and the collage.",
     )
     def evaluation(config: EvaluationConfig, storage: TagcolorStorage) -> dg.MaterializeResult:

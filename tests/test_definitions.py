@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shutil
 import zipfile
 
 import dagster as dg
 import pytest
 
-from pipeline.datasets import DATASETS, ConfigError, DatasetPaths, load_dataset_spec
+from pipeline.datasets import CONFIG_DIR, DATASETS, ConfigError, DatasetPaths, load_dataset_spec
 from pipeline.definitions import build_definitions
 from pipeline.factory import (
     ColorizerConfig,
@@ -61,12 +62,43 @@ def test_checks_schedules_and_automation(defs: dg.Definitions) -> None:
     check_names = {key.name for key in graph.asset_check_keys}
     assert check_names == {"shard_contract", "tokens_in_range", "tokens_align_with_images"}
     schedules = {s.name: s for s in defs.schedules}
-    assert {f"{d}_weekly_training" for d in DATASETS} <= set(schedules)
+    assert set(schedules) == {f"{d}_{s}" for d in DATASETS for s in ("weekly_training", "stats_refresh")}
     assert schedules["sample_weekly_training"].cron_schedule == "0 3 * * 1"
-    for name in ("evaluation", "data_stats"):
-        assert graph.get(dg.AssetKey(["sample", name])).automation_condition is not None
-    colorizer = defs.get_assets_def(dg.AssetKey(["sample", "colorizer"]))
-    assert next(iter(colorizer.node_def.pools)) == "tagcolor-gpu"
+    (sensor,) = defs.sensors
+    assert (sensor.name, sensor.default_status) == ("tagcolor_automation", dg.DefaultSensorStatus.RUNNING)
+    for name in ("colorizer", "evaluation"):
+        assert defs.get_assets_def(dg.AssetKey(["sample", name])).node_def.pools == {"tagcolor-gpu"}
+
+
+def test_evaluation_follows_the_colorizer_and_stats_follow_the_data(defs: dg.Definitions) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    evaluation, stats = dg.AssetKey(["sample", "evaluation"]), dg.AssetKey(["sample", "data_stats"])
+    cursor = None
+
+    def requested_after(*events: dg.AssetMaterialization) -> tuple[int, int]:
+        nonlocal cursor
+        for event in events:
+            instance.report_runless_asset_event(event)
+        selection = dg.AssetSelection.assets(evaluation, stats)
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=cursor
+        )
+        cursor = result.cursor
+        return result.get_num_requested(evaluation), result.get_num_requested(stats)
+
+    assert requested_after() == (0, 0), "nothing to follow yet"
+    assert requested_after(dg.AssetMaterialization(["sample", "colorizer"])) == (1, 0)
+    shards = [dg.AssetMaterialization(["sample", "lab_shards"], partition=key) for key in ("000", "001")]
+    assert requested_after(*shards, dg.AssetMaterialization(["sample", "tag_tokens"])) == (0, 1), (
+        "new data refreshes the stats but does not re-score an old checkpoint"
+    )
+
+
+def test_instance_settings_limit_gpu_work_to_one_at_a_time(tmp_path) -> None:
+    shutil.copyfile(CONFIG_DIR / "dagster.yaml", tmp_path / "dagster.yaml")
+    concurrency = dg.DagsterInstance.from_config(str(tmp_path)).get_concurrency_config()
+    assert concurrency.pool_config.default_pool_limit == 1
+    assert concurrency.run_queue_config.tag_concurrency_limits == [{"key": "tagcolor/gpu", "value": "true", "limit": 1}]
 
 
 def test_training_command_uses_torchrun_for_several_gpus(tmp_path) -> None:
