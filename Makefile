@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 DATA ?= data
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 SAMPLE_RUN_CONFIG ?= assets_config/runs/sample_demo.yaml
+# Where the demo copies its collage for the README (empty: no copy).
+COLLAGE_COPY ?= docs/sample_collage.png
 MATERIALIZE = TAGCOLOR_DATA_DIR=$(DATA) DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster asset materialize -m pipeline.definitions
 
 .PHONY: setup instance demo test lint dev
@@ -18,12 +20,12 @@ $(BIN)/dagster: pyproject.toml
 
 setup: $(BIN)/dagster
 
-# The sample end to end: archives → shards → tokens → stats → colorizer → evaluation.
 # The Dagster instance: its own settings (assets_config/dagster.yaml) unless DAGSTER_HOME already has some.
 instance:
 	mkdir -p $(DAGSTER_HOME)
 	test -f $(DAGSTER_HOME)/dagster.yaml || cp assets_config/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
+# The sample end to end: archives → shards → tokens → stats → colorizer → evaluation.
 demo: setup instance
 	$(MATERIALIZE) --select 'sample/archives' --partition images0
 	$(MATERIALIZE) --select 'sample/tags_archive'
@@ -32,6 +34,7 @@ demo: setup instance
 	$(MATERIALIZE) --select 'sample/data_stats'
 	$(MATERIALIZE) --select 'sample/colorizer' --config $(SAMPLE_RUN_CONFIG)
 	$(MATERIALIZE) --select 'sample/evaluation'
+	if [ -n "$(COLLAGE_COPY)" ]; then mkdir -p $$(dirname $(COLLAGE_COPY)) && cp $(DATA)/sample/evaluation/result_collage.png $(COLLAGE_COPY); fi
 	@echo "collage: $(DATA)/sample/evaluation/result_collage.png  report: $(DATA)/sample/stats/data_stats.md"
 
 lint: setup

@@ -135,6 +135,17 @@ def total_steps(config: TrainConfig, batches_per_epoch: int) -> int:
     return min(steps, config.max_steps) if config.max_steps is not None else steps
 
 
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, loss: torch.Tensor, module: torch.nn.Module, ddp: Distributed
+) -> None:
+    """Back-propagate ``loss``, average ``module``'s gradients over the ranks, and step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if ddp.enabled:
+        all_reduce_gradients(module, ddp.world_size)
+    optimizer.step()
+
+
 def check_architecture(config: TrainConfig, saved: dict[str, Any], source: Path) -> None:
     for key, value in architecture(saved).items():
         if getattr(config, key) != value:
@@ -279,21 +290,13 @@ def _train(
                     with torch.no_grad():
                         fake = generator(batch.lightness, batch.tokens)
                     loss_d, stats_d = critic_loss(critic, state.critic, fake, batch, weights)
-                state.opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                if ddp.enabled:
-                    all_reduce_gradients(state.critic, ddp.world_size)
-                state.opt_d.step()
+                optimizer_step(state.opt_d, loss_d, state.critic, ddp)
 
             state.critic.requires_grad_(False)
             with autocast:
                 fake = generator(batch.lightness, batch.tokens)
                 loss_g, stats_g = generator_loss(critic, fake, batch, weights)
-            state.opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            if ddp.enabled:
-                all_reduce_gradients(state.generator, ddp.world_size)
-            state.opt_g.step()
+            optimizer_step(state.opt_g, loss_g, state.generator, ddp)
             state.critic.requires_grad_(True)
             update_ema(state.ema, state.generator, ema_decay(config.ema_decay, state.step))
             state.step += 1

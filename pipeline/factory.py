@@ -14,6 +14,7 @@ from model.contract import PAD_ID, TOKENS_PER_IMAGE
 from pipeline import metadata
 from pipeline.convert import convert_shards, read_images_table
 from pipeline.datasets import CONFIG_DIR, DatasetPaths, DatasetSpec
+from pipeline.render import preview_markdown
 from pipeline.resources import TagcolorStorage
 from pipeline.sources import download, sample
 from pipeline.stats import compute_data_stats
@@ -356,12 +357,13 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
             batch_size=config.batch_size,
             device=config.device,
         )
-        relative = result.collage_path.relative_to(paths.root)
+        preview = preview_markdown(result.collage_path, "result collage")
         return dg.MaterializeResult(
             metadata={
                 "collage": dg.MetadataValue.path(str(result.collage_path)),
+                "best_collage": dg.MetadataValue.path(str(result.best_collage_path)),
                 "metrics_json": dg.MetadataValue.path(str(result.metrics_path)),
-                "preview": dg.MetadataValue.md(f"![result collage]({relative})\n\nholdout shard {holdout:03d}"),
+                "preview": dg.MetadataValue.md(f"{preview}\n\nheld-out shard {holdout:03d}, run {run_dir.name}"),
                 **metadata.numbers(result.figures),
             }
         )

@@ -6,11 +6,14 @@ collage's pixel size is known in advance and the same on every machine.
 
 from __future__ import annotations
 
+import base64
 import bisect
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -20,6 +23,7 @@ COLUMNS = ("grey input", "generated", "original")
 ELLIPSIS = "…"
 BACKGROUND = (255, 255, 255)
 TEXT = (20, 20, 20)
+CAPTION_FONT = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,19 @@ class CollageLayout:
         return x, y + self.tile + self.margin // 4
 
 
+def preview_markdown(path: Path, title: str, width: int = 640) -> str:
+    """Markdown that shows the PNG at ``path`` inline: a JPEG copy at most ``width`` wide, as a data URI.
+
+    The Dagster UI renders Markdown metadata in the browser, where a file path on the server would not load.
+    """
+    with Image.open(path) as image:
+        scale = min(1.0, width / image.width)
+        small = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale)), Image.BOX)
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=80)
+    return f"![{title}](data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+
+
 def fit_text(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> str:
     """``text``, or its longest prefix that fits ``width`` pixels followed by an ellipsis."""
     if font.getlength(text) <= width:
@@ -106,14 +123,15 @@ def render_collage(
 ) -> Path:
     """Draw ``rows`` under a header of column titles and write the PNG atomically to ``path``.
 
-    Pillow's built-in font is used, so rendering needs no font files and no network.
+    Captions use DejaVu Sans, which matplotlib ships (Latin, Greek and Cyrillic tags such as ``münchen``
+    render; Pillow's built-in font would draw boxes), so rendering needs no system fonts and no network.
     """
     if not rows:
         raise ValueError("a collage needs at least one row")
     if len(columns) != len(COLUMNS):
         raise ValueError(f"a collage has {len(COLUMNS)} columns, got titles {columns}")
     layout = CollageLayout(tile=tile, n_rows=len(rows), n_columns=len(columns))
-    font = ImageFont.load_default(size=layout.font_size)
+    font = ImageFont.truetype(CAPTION_FONT, size=layout.font_size)
     canvas = Image.new("RGB", (layout.width, layout.height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     for column, title in enumerate(columns):

@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from pipeline.evaluation import MIN_TILE
+from pipeline.render import CollageLayout
 from tests.conftest import REPO_ROOT
 from tests.test_stats import assert_report_matches_tables
 
@@ -31,6 +33,7 @@ def test_sample_graph_end_to_end(tmp_path: Path, vocabulary_dir: Path) -> None:
         f"VENV={sys.prefix}",
         f"DATA={data}",
         "SAMPLE_RUN_CONFIG=assets_config/runs/sample_ci.yaml",
+        f"COLLAGE_COPY={tmp_path / 'docs' / 'collage.png'}",
     ]
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-8000:]
@@ -59,5 +62,11 @@ def test_sample_graph_end_to_end(tmp_path: Path, vocabulary_dir: Path) -> None:
     for values in conditions.values():
         assert math.isfinite(values["ab_error"]) and values["ab_error"] >= 0
         assert 0 < values["ssim"] <= 1
+    assert set(metrics["headline"]) == {"tag_gain", "pad_gain", "train_mean_gain", "grey_gain"}
+    assert all(math.isfinite(gain) and gain > 0 for gain in metrics["headline"].values())
+    assert all(values["ab_error"] > 0 for values in metrics["baselines"].values())
+    layout = CollageLayout(tile=max(224, MIN_TILE), n_rows=8)  # tiles at the shards' size, eight rows
     with Image.open(root / "evaluation" / "result_collage.png") as collage:
-        assert collage.width >= 3 * 64 and collage.height > collage.width / 3
+        assert collage.size == (layout.width, layout.height)
+    assert (tmp_path / "docs" / "collage.png").read_bytes() == (root / "evaluation" / "result_collage.png").read_bytes()
+    assert (tmp_path / "home" / "dagster.yaml").is_file(), "make installs the instance settings"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,8 +25,17 @@ from pipeline.evaluation import (
     derangement,
     evaluate_checkpoint,
     seeded_subset,
+    trained_split,
 )
-from pipeline.render import ELLIPSIS, CollageLayout, CollageRow, fit_text, render_collage
+from pipeline.render import (
+    CAPTION_FONT,
+    ELLIPSIS,
+    CollageLayout,
+    CollageRow,
+    fit_text,
+    preview_markdown,
+    render_collage,
+)
 
 if TYPE_CHECKING:
     from tests.helpers_model import TinyRun
@@ -191,6 +203,30 @@ def test_collage_has_the_layout_size_and_its_tiles(tmp_path: Path) -> None:
     header = pixels[: layout.margin + layout.header_height]
     assert (header < 100).any() and (header == 255).any()
     assert [p.name for p in path.parent.iterdir()] == ["collage.png"]
+
+
+def test_preview_is_an_inline_jpeg_of_the_collage(tmp_path: Path) -> None:
+    path = render_collage(make_rows(2), tmp_path / "collage.png", tile=TILE)
+    markdown = preview_markdown(path, "result collage", width=60)
+    match = re.fullmatch(r"!\[result collage\]\(data:image/jpeg;base64,(?P<data>[A-Za-z0-9+/=]+)\)", markdown)
+    assert match is not None
+    with Image.open(io.BytesIO(base64.b64decode(match["data"]))) as preview, Image.open(path) as collage:
+        assert preview.format == "JPEG" and preview.width == 60
+        assert preview.height == round(collage.height * 60 / collage.width)
+
+
+def test_caption_font_draws_accented_tags() -> None:
+    font = ImageFont.truetype(CAPTION_FONT, size=20)
+    missing = font.getmask("\uffff").getbbox()
+    assert font.getmask("ü").getbbox() != missing and font.getlength("münchen") > font.getlength("munchen") * 0.9
+
+
+def test_trained_split_reads_the_runs_config(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("holdout_shard: 2\nshards: [0, 1]\ndevice: cuda\n")
+    assert trained_split(tmp_path) == (2, [0, 1])
+    (tmp_path / "config.yaml").write_text("shards: [0, 1]\n")
+    with pytest.raises(ValueError, match="no readable holdout_shard and shards"):
+        trained_split(tmp_path)
 
 
 def test_collage_tiles_of_another_size_are_resized(tmp_path: Path) -> None:
