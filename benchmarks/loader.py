@@ -50,7 +50,9 @@ def write_random_dataset(root: Path, n_images: int, shard_size: int, size: int, 
         pd.DataFrame(rows).to_parquet(root / "images.parquet" / f"{shard:03d}.parquet")
 
 
-def loader_rates(root: Path, shards: list[int], batch_size: int, image_size: int, batches: int) -> tuple[float, float]:
+def loader_rates(
+    root: Path, shards: list[int], batch_size: int, image_size: int, batches: int, device: torch.device
+) -> tuple[float, float]:
     """Host batches/s from the prefetch thread, and batches/s through ``to_device`` as well."""
     dataset = TrainingSet(read_layout(root), shards, skip_grayscale=True)
     index = TokenIndex.build(np.load(root / "tokens.npy"))
@@ -62,7 +64,9 @@ def loader_rates(root: Path, shards: list[int], batch_size: int, image_size: int
             for _ in range(batches):
                 host = next(loader)
                 if convert:
-                    to_device(host, torch.device("cpu"), image_size)
+                    to_device(host, device, image_size)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             rates.append(batches / (time.perf_counter() - started))
     return rates[0], rates[1]
 
@@ -83,7 +87,7 @@ def step_rate(root: Path, runs: Path, args: argparse.Namespace) -> float:
         max_steps=args.steps + 1,
         log_every=1,
         ckpt_every=10_000,
-        device="cpu",
+        device=args.device,
     )
     elapsed: list[float] = []
     train(config, report=lambda row: elapsed.append(row["elapsed_s"]))
@@ -102,23 +106,26 @@ def main() -> None:
     parser.add_argument("--token-dim", type=int, default=64)
     parser.add_argument("--steps", type=int, default=5, help="timed training steps")
     parser.add_argument("--batches", type=int, default=200, help="timed loader batches")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda to compare with a GPU's step rate")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="tagcolor-loader-") as scratch:
         root = Path(scratch) / "data"
         write_random_dataset(root, args.images, args.images // 4, args.source_size)
-        host, device = loader_rates(root, [0, 1, 2], args.batch_size, args.image_size, args.batches)
+        host, moved = loader_rates(
+            root, [0, 1, 2], args.batch_size, args.image_size, args.batches, torch.device(args.device)
+        )
         steps = step_rate(root, Path(scratch) / "runs", args)
 
     needed = steps * args.n_critic
     print(
         f"{torch.get_num_threads()} torch threads; batches of {args.batch_size} × {args.source_size}² uint8 Lab, "
-        f"trained at {args.image_size}² (base_channels {args.base_channels}, depth {args.depth})"
+        f"trained at {args.image_size}² on {args.device} (base_channels {args.base_channels}, depth {args.depth})"
     )
     print(f"loader, host batches:          {host:9.1f} batches/s")
-    print(f"loader, host + to_device:      {device:9.1f} batches/s")
+    print(f"loader, host + to_device:      {moved:9.1f} batches/s")
     print(f"training:                      {steps:9.2f} steps/s = {needed:.2f} batches/s (n_critic {args.n_critic})")
-    print(f"ratio loader / training need:  {device / needed:9.1f}× (host only: {host / needed:.1f}×)")
+    print(f"ratio loader / training need:  {moved / needed:9.1f}× (host only: {host / needed:.1f}×)")
 
 
 if __name__ == "__main__":

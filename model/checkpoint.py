@@ -112,6 +112,9 @@ def restore_state(payload: dict[str, Any], config: TrainConfig, device: torch.de
     return state
 
 
+RNG_KEYS = frozenset({"torch", "cuda", "numpy", "python"})
+
+
 def rng_state() -> dict[str, Any]:
     """This process's RNG states as tensors and plain values (``weights_only``-loadable); CUDA: its own device."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -181,4 +184,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     missing = [key for key in (*ARCHITECTURE_KEYS, "image_size") if key not in payload["config"]]
     if missing:
         raise CheckpointError(f"{path}: the saved config lacks {missing}")
+    if not payload["rng"] or not all(isinstance(s, dict) and s.keys() >= RNG_KEYS for s in payload["rng"]):
+        raise CheckpointError(f"{path}: 'rng' must hold one state per rank with {sorted(RNG_KEYS)}")
     return payload

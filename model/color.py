@@ -9,6 +9,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+NEUTRAL_AB = 128
+"""Encoded a or b of a grey pixel."""
+L_HALF_RANGE = 127.5
+AB_HALF_RANGE = 127.0
+"""Encoded L ↦ L / 127.5 − 1 and a, b ↦ (v − 128) / 127: [-1, 1] for the networks, 0 = grey for a, b."""
+
 
 def rgb_to_lab_u8(rgb: np.ndarray) -> np.ndarray:
     """uint8 RGB ``(..., H, W, 3)`` → uint8 Lab in the OpenCV 8-bit encoding."""
@@ -26,17 +32,17 @@ def lab_u8_to_rgb(lab: np.ndarray) -> np.ndarray:
 
 def l_to_unit(l_u8: np.ndarray) -> np.ndarray:
     """Encoded L (0 … 255) → float32 in [-1, 1]."""
-    return l_u8.astype(np.float32) / 127.5 - 1.0
+    return l_u8.astype(np.float32) / L_HALF_RANGE - 1.0
 
 
 def ab_to_unit(ab_u8: np.ndarray) -> np.ndarray:
     """Encoded a, b (128 = neutral) → float32 in about [-1, 1]; 0 is grey."""
-    return (ab_u8.astype(np.float32) - 128.0) / 127.0
+    return (ab_u8.astype(np.float32) - NEUTRAL_AB) / AB_HALF_RANGE
 
 
 def unit_to_ab(ab: np.ndarray) -> np.ndarray:
     """Inverse of :func:`ab_to_unit`, rounded and clipped to uint8."""
-    return np.clip(np.rint(ab * 127.0 + 128.0), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(ab * AB_HALF_RANGE + NEUTRAL_AB), 0, 255).astype(np.uint8)
 
 
 def colorfulness(rgb: np.ndarray) -> np.ndarray | float:

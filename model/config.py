@@ -102,7 +102,8 @@ def _type_error(key: str, value: Any, hint: Any) -> TrainConfigError:
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against the field's annotation; ints are accepted where floats are expected."""
+    """Check ``value`` against the field's annotation; ints are accepted where floats are expected, and so is
+    text in float notation (PyYAML reads ``1e-4``, without a dot, as a string)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -115,6 +116,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         return [_coerce(key, item, args[0]) for item in value]
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise _type_error(key, value, hint) from None
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if hint in (bool, str) and isinstance(value, hint):

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from model.color import AB_HALF_RANGE, L_HALF_RANGE, NEUTRAL_AB
 from model.contract import PAD_ID, SHARD_NAME, TOKENS_PER_IMAGE, VOCAB_SIZE_WITH_PAD
 
 
@@ -305,7 +306,7 @@ class BatchLoader:
 
 def lab_to_unit(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Encoded Lab ``(B, 3, H, W)`` as floats → lightness and ``ab`` in [-1, 1], the scaling of ``model.color``."""
-    return lab[:, :1] / 127.5 - 1.0, (lab[:, 1:] - 128.0) / 127.0
+    return lab[:, :1] / L_HALF_RANGE - 1.0, (lab[:, 1:] - NEUTRAL_AB) / AB_HALF_RANGE
 
 
 def to_device(host: HostBatch, device: torch.device, image_size: int, channels_last: bool = False) -> Batch:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from model.color import lab_u8_to_rgb
+from model.color import NEUTRAL_AB, lab_u8_to_rgb
 from model.contract import PAD_ID
 from model.files import atomic_write_text
 from model.inference import Colorizer
@@ -37,7 +37,6 @@ from pipeline.render import CollageRow, render_collage
 
 CONDITIONS = ("tags", "pad", "shuffled")
 BASELINES = ("grey", "train_mean")
-NEUTRAL_AB = 128
 TRAIN_MEAN_SAMPLE = 2000
 """Training photos read for the mean a, b: enough for a stable mean, few enough to read in seconds."""
 READ_CHUNK = 256

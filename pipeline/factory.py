@@ -50,6 +50,8 @@ class ColorizerConfig(dg.Config):
 
 
 class EvaluationConfig(dg.Config):
+    """Which run to score (empty: the run the colorizer last trained) and on how many held-out photos."""
+
     run_name: str = ""
     n_images: int = 256
     collage_rows: int = 8
@@ -337,11 +339,14 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
         automation_condition=dg.AutomationCondition.eager().allow(dg.AssetSelection.assets(colorizer_key)),
         description="Held-out metrics with a tag ablation (true / no / shuffled tags), baselines and the collage.",
     )
-    def evaluation(config: EvaluationConfig, storage: TagcolorStorage) -> dg.MaterializeResult:
+    def evaluation(
+        context: dg.AssetExecutionContext, config: EvaluationConfig, storage: TagcolorStorage
+    ) -> dg.MaterializeResult:
         from pipeline.evaluation import evaluate_checkpoint, trained_split
 
         paths = storage.paths(spec.name)
-        run_dir = paths.inside(paths.runs / (config.run_name or spec.name))
+        trained = last_trained_run(context.instance, colorizer_key)
+        run_dir = paths.inside(paths.runs / config.run_name if config.run_name else trained or paths.runs / spec.name)
         checkpoint = run_dir / "latest.pt"
         if not checkpoint.is_file():
             raise dg.Failure(f"no checkpoint at {checkpoint}: materialize {spec.name}/colorizer first")
@@ -378,6 +383,13 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
         colorizer,
         evaluation,
     ]
+
+
+def last_trained_run(instance: dg.DagsterInstance, colorizer_key: dg.AssetKey) -> Path | None:
+    """The ``run_dir`` the latest ``colorizer`` materialization reported, so automation scores that run."""
+    event = instance.get_latest_materialization_event(colorizer_key)
+    reported = event.asset_materialization.metadata.get("run_dir") if event and event.asset_materialization else None
+    return Path(str(reported.value)) if reported is not None else None
 
 
 def shard_problems(spec: DatasetSpec, paths: DatasetPaths, shard: int) -> list[str]:

@@ -126,7 +126,9 @@ def test_storage_reads_the_environment(tmp_path) -> None:
         storage_from_environ({"TAGCOLOR_MIRFLICKR25K_URL": "ftp://mirror/"})
 
 
-def materialize(key: str, env: dict[str, str], partition: str | None = None) -> dict:
+def materialize(
+    key: str, env: dict[str, str], partition: str | None = None, instance: dg.DagsterInstance | None = None
+) -> dict:
     """Materialize one asset in process with the storage built from ``env``; return its metadata values."""
     asset_key = dg.AssetKey.from_user_string(key)
     (asset,) = [a for a in build_dataset_assets(load_dataset_spec(asset_key.path[0])) if asset_key in a.keys]
@@ -134,6 +136,7 @@ def materialize(key: str, env: dict[str, str], partition: str | None = None) -> 
         [asset],
         partition_key=partition,
         resources={"storage": storage_from_environ(env)},
+        instance=instance,
     )
     (event,) = result.get_asset_materialization_events()
     return {name: value.value for name, value in event.materialization.metadata.items()}
@@ -156,6 +159,22 @@ def test_archive_is_fetched_from_the_configured_mirror_into_the_data_root(tmp_pa
     assert again["fetched"] is False and again["bytes_fetched"] == 0, "a verified archive is not fetched again"
     written = {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*") if p.is_file()}
     assert written == {"mirror", "data"}
+
+
+def test_evaluation_scores_the_run_the_colorizer_last_trained(tmp_path) -> None:
+    env = {"TAGCOLOR_DATA_DIR": str(tmp_path)}
+    runs = tmp_path.resolve() / "sample" / "runs"
+    instance = dg.DagsterInstance.ephemeral()
+    with pytest.raises(dg.Failure, match=f"no checkpoint at {runs / 'sample' / 'latest.pt'}"):
+        materialize("sample/evaluation", env, instance=instance)
+    colorizer = dg.AssetMaterialization(["sample", "colorizer"], metadata={"run_dir": str(runs / "second")})
+    instance.report_runless_asset_event(colorizer)
+    with pytest.raises(dg.Failure, match=f"no checkpoint at {runs / 'second' / 'latest.pt'}"):
+        materialize("sample/evaluation", env, instance=instance)
+    escape = dg.AssetMaterialization(["sample", "colorizer"], metadata={"run_dir": str(tmp_path / "elsewhere")})
+    instance.report_runless_asset_event(escape)
+    with pytest.raises(ConfigError, match="outside the data root"):
+        materialize("sample/evaluation", env, instance=instance)
 
 
 def test_mirflickr25k_tags_need_the_archive_and_its_tag_files(tmp_path) -> None:

@@ -189,11 +189,25 @@ def test_503_is_retried_and_counted(server: ServerState, session: requests.Sessi
     assert (tmp_path / "images0.zip").read_bytes() == ARCHIVE
 
 
-def test_retries_are_bounded(server: ServerState, session: requests.Session, tmp_path: Path) -> None:
+def test_retries_are_bounded_and_back_off(
+    server: ServerState, session: requests.Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server.statuses = [503] * 10
-    with pytest.raises(DownloadError, match="3 attempts"):
-        fetch(url_of(server), tmp_path / "images0.zip", session, max_retries=2)
-    assert len(server.ranges) == 3 and not (tmp_path / "images0.zip").exists()
+    waits: list[float] = []
+    sleep, caller = download.time.sleep, threading.current_thread()
+
+    def record(seconds: float) -> None:
+        """Only the downloader's waits are recorded (and skipped); the server's threads sleep as usual."""
+        if threading.current_thread() is caller:
+            waits.append(seconds)
+        else:
+            sleep(seconds)
+
+    monkeypatch.setattr(download.time, "sleep", record)
+    with pytest.raises(DownloadError, match="6 attempts"):
+        fetch(url_of(server), tmp_path / "images0.zip", session, max_retries=5, backoff_s=20.0)
+    assert len(server.ranges) == 6 and not (tmp_path / "images0.zip").exists()
+    assert waits == [20.0, 40.0, 60.0, 60.0, 60.0], "doubling, capped at MAX_BACKOFF_S"
 
 
 def test_stalled_response_times_out_and_is_retried(

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,9 @@ import pytest
 from PIL import Image, ImageFont
 
 from model.color import lab_u8_to_rgb
+from model.contract import PAD_ID
 from model.inference import Colorizer
+from pipeline.datasets import DatasetPaths
 from pipeline.evaluation import (
     BASELINES,
     CONDITIONS,
@@ -138,6 +141,28 @@ def test_derangement_moves_every_image() -> None:
     assert not np.array_equal(derangement(20, 3), derangement(20, 4))
     with pytest.raises(ValueError, match="at least 2"):
         derangement(1, 0)
+
+
+def test_ablation_feeds_true_pad_and_deranged_tags(
+    tiny_run: TinyRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = DatasetPaths(tmp_path / "data")
+    shutil.copytree(tiny_run.paths.root, paths.root)
+    seen: list[np.ndarray] = []
+    predict = Colorizer.predict_ab
+
+    def spy(self: Colorizer, l_u8: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        seen.append(np.array(tokens))
+        return predict(self, l_u8, tokens)
+
+    monkeypatch.setattr(Colorizer, "predict_ab", spy)
+    result = evaluate_checkpoint(paths, tiny_run.checkpoint, tiny_run.holdout_shard, n_images=None, batch_size=100)
+    ids = result.metrics["image_ids"]
+    true = np.load(paths.tokens)[ids]
+    tags, pad, shuffled = seen[:3]  # one batch: the three conditions, then the collages' predictions
+    np.testing.assert_array_equal(tags, true)
+    assert (pad == PAD_ID).all()
+    np.testing.assert_array_equal(shuffled, true[derangement(len(ids), 0)])
 
 
 def test_shuffled_tags_are_never_an_images_own(tiny_run: TinyRun) -> None:

@@ -19,8 +19,6 @@ def random_rgb(seed: int, shape: tuple[int, ...] = (3, 24, 20, 3)) -> np.ndarray
 def test_psnr_of_identical_images_is_inf_and_summary_counts_them() -> None:
     image = random_rgb(0)
     assert np.all(np.isinf(psnr(image, image)))
-    other = image.copy()
-    other[1] = np.clip(other[1].astype(int) + 10, 0, 255)
     lab = rgb_to_lab_u8(image)
     metrics = image_metrics(lab, lab)
     summary = metrics.summary()
@@ -96,6 +94,16 @@ def test_ab_error_is_in_lab_units() -> None:
     np.testing.assert_allclose(ab_error(generated, original), [5.0, 8.0])
     with pytest.raises(ValueError, match="one shape"):
         ab_error(generated[..., :1], original[..., :1])
+
+
+def test_colourfulness_of_half_red_half_green_is_255() -> None:
+    """rg = R − G is ±255 with mean 0 (σ = 255), yb = (R + G)/2 − B is 127.5 everywhere (σ = 0):
+    √(255² + 0) + 0.3·√(0 + 127.5²) = 255 + 38.25."""
+    image = np.zeros((4, 6, 3), dtype=np.uint8)
+    image[:, :3] = (255, 0, 0)
+    image[:, 3:] = (0, 255, 0)
+    assert colorfulness(image) == pytest.approx(255 + 0.3 * 127.5)
+    assert colorfulness(np.full((4, 6, 3), 77, dtype=np.uint8)) == 0.0
 
 
 def test_grey_prediction_has_no_colourfulness_and_the_known_gap() -> None:

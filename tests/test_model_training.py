@@ -146,6 +146,9 @@ def test_config_from_yaml_with_overrides_fills_in_the_split(dataset: Path, tmp_p
     assert config.max_steps is None
     assert (config.holdout_shard, config.shards) == (2, [0, 1])
     assert config.run_dir == dataset / "runs" / "2024"
+    path.write_text("drift: 1e-3\nbetas: [0, 9e-1]\n")
+    plain = load_train_config(path, [f"data_root={dataset}"])
+    assert (plain.drift, plain.betas) == (1e-3, [0.0, 0.9]), "floats YAML reads as text without a dot"
 
 
 @pytest.mark.parametrize("path", sorted(TRAIN_CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
@@ -239,12 +242,15 @@ def test_checkpoint_refuses_corrupt_and_foreign_files(trained_run: Path, tmp_pat
     torch.save({key: value for key, value in payload.items() if key != "opt_d"}, missing_key)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
+    bad_rng = tmp_path / "rng.pt"
+    torch.save(payload | {"rng": [{"torch": payload["rng"][0]["torch"]}]}, bad_rng)
     for path, message in [
         (truncated, "not a readable checkpoint"),
         (foreign, "not a tagcolor-cwgan-gp checkpoint"),
         (wrong_version, "version 99"),
         (missing_key, "'opt_d'"),
         (garbage, "not a readable checkpoint"),
+        (bad_rng, "'rng' must hold one state per rank"),
         (tmp_path / "absent.pt", "no such checkpoint"),
     ]:
         with pytest.raises(CheckpointError, match=message):

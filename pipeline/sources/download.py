@@ -100,11 +100,16 @@ def verify_archive(path: Path, md5: str | None) -> str:
     """Check every zip member's CRC and, when one is published, the MD5; return the file's MD5 hex."""
     path = Path(path)
     digest = hashlib.md5()
-    with path.open("rb") as source:
-        for block in iter(lambda: source.read(_READ_BYTES), b""):
-            digest.update(block)
+    for block in _blocks(path):
+        digest.update(block)
     _check_archive(path, digest.hexdigest(), _normal_md5(md5))
     return digest.hexdigest()
+
+
+def _blocks(path: Path) -> Iterator[bytes]:
+    """The bytes of ``path`` in blocks of ``_READ_BYTES``."""
+    with path.open("rb") as source:
+        yield from iter(lambda: source.read(_READ_BYTES), b"")
 
 
 def fetch_archive(
@@ -241,9 +246,8 @@ class _PartFile:
         self._digest = hashlib.md5()
         self.size = 0
         if path.is_file():
-            with path.open("rb") as held:
-                for block in iter(lambda: held.read(_READ_BYTES), b""):
-                    self.count(block)
+            for block in _blocks(path):
+                self.count(block)
 
     def md5(self) -> str:
         return self._digest.hexdigest()
