@@ -10,6 +10,9 @@ TOKENS_PER_IMAGE = 20
 O200K_VOCAB_SIZE = 200019
 """Ids 0 … 200018 of o200k_base (ordinary and special tokens)."""
 
+O200K_ORDINARY_TOKENS = 199_998
+"""Ids 0 … 199997: the tokens plain text can encode to. 199999 and 200018 are special, the rest unassigned."""
+
 PAD_ID = O200K_VOCAB_SIZE
 """``<|pad|>``: the first id after o200k_base's own."""
 

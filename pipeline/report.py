@@ -184,8 +184,10 @@ def render_markdown(
             "token_summary",
             tables["token_summary"],
             f"How much of the o200k_base vocabulary the kept tokens (at most {TOKENS_PER_IMAGE} per image, "
-            "pad excluded) use, and how often tag text is cut; `kept_*` and `full_*` describe tokens per "
-            "image after and before truncation (p50 is the median).",
+            "pad excluded) use, and how often tag text is cut. `never_used_tokens` counts over all ids "
+            "0 … 200018; `ordinary_never_used` over the 199,998 ids plain text can encode to (the others are "
+            "special or unassigned). `kept_*` and `full_*` describe tokens per image after and before "
+            "truncation (p50 is the median).",
             sideways=True,
         ),
         _section(

@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from model.contract import O200K_VOCAB_SIZE, PAD_ID, TOKENS_PER_IMAGE, VOCAB_SIZE_WITH_PAD
+from model.contract import O200K_ORDINARY_TOKENS, O200K_VOCAB_SIZE, PAD_ID, TOKENS_PER_IMAGE, VOCAB_SIZE_WITH_PAD
 from model.files import atomic_path
 from pipeline.convert import INVALID_REASONS, init_opencv_worker, read_images_table
 from pipeline.datasets import DatasetPaths
@@ -234,6 +234,9 @@ def token_tables(
         "distinct_tokens": int(used.size),
         "never_used_tokens": O200K_VOCAB_SIZE - int(used.size),
         "share_never_used": (O200K_VOCAB_SIZE - used.size) / O200K_VOCAB_SIZE,
+        "ordinary_ids": O200K_ORDINARY_TOKENS,
+        "ordinary_never_used": O200K_ORDINARY_TOKENS - int((used < O200K_ORDINARY_TOKENS).sum()),
+        "share_ordinary_never_used": 1 - (used < O200K_ORDINARY_TOKENS).sum() / O200K_ORDINARY_TOKENS,
         "token_occurrences": int(counts.sum()),
         "images": n_images,
         "truncated_images": truncated,

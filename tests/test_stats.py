@@ -308,6 +308,8 @@ def test_token_tables_by_hand(computed, dataset: DatasetPaths) -> None:
     assert summary["distinct_tokens"] == 20
     assert summary["never_used_tokens"] == O200K_VOCAB_SIZE - 20 == 199_999
     assert summary["share_never_used"] == pytest.approx(199_999 / 200_019)
+    assert summary["ordinary_never_used"] == 199_998 - 20, "every token of the hand-built set is ordinary"
+    assert summary["share_ordinary_never_used"] == pytest.approx(199_978 / 199_998)
     assert summary["token_occurrences"] == 3 + 20 + 1 + 20
     assert (summary["truncated_images"], summary["share_truncated"]) == (1, 0.2)
     assert (summary["kept_mean"], summary["kept_p50"], summary["kept_max"]) == (8.8, 3, 20)
