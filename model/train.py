@@ -135,6 +135,15 @@ def total_steps(config: TrainConfig, batches_per_epoch: int) -> int:
     return min(steps, config.max_steps) if config.max_steps is not None else steps
 
 
+def mean_over_ranks(stats: dict[str, torch.Tensor], ddp: Distributed) -> dict[str, float]:
+    """Logged losses averaged over every rank's batch, so a multi-GPU run logs what it trains on."""
+    values = torch.stack([value.detach().float() for value in stats.values()])
+    if ddp.enabled:
+        dist.all_reduce(values)
+        values /= ddp.world_size
+    return dict(zip(stats, values.tolist(), strict=True))
+
+
 def optimizer_step(
     optimizer: torch.optim.Optimizer, loss: torch.Tensor, module: torch.nn.Module, ddp: Distributed
 ) -> None:
@@ -271,18 +280,18 @@ def _train(
         pin_device=device if device.type == "cuda" else None,
         prefetch=config.prefetch,
     )
-    steps = total_steps(config, loader.batches_per_epoch)
-    samples_per_epoch = loader.batches_per_epoch * config.batch_size * ddp.world_size
-    on_cuda = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda and config.bf16 else contextlib.nullcontext()
-    generator = torch.compile(state.generator) if config.compile else state.generator
-    critic = torch.compile(state.critic) if config.compile else state.critic
-    weights = LossWeights(config.gp_lambda, config.drift, config.l1_weight)
-    images_per_step = config.n_critic * config.batch_size * ddp.world_size
-    started = last_log = time.perf_counter()
-    last_log_step = state.step
-
     with loader:
+        steps = total_steps(config, loader.batches_per_epoch)
+        samples_per_epoch = loader.batches_per_epoch * config.batch_size * ddp.world_size
+        on_cuda = device.type == "cuda"
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda and config.bf16 else contextlib.nullcontext()
+        generator = torch.compile(state.generator) if config.compile else state.generator
+        critic = torch.compile(state.critic) if config.compile else state.critic
+        weights = LossWeights(config.gp_lambda, config.drift, config.l1_weight)
+        images_per_step = config.n_critic * config.batch_size * ddp.world_size
+        started = last_log = time.perf_counter()
+        last_log_step = state.step
+
         while state.step < steps:
             for _ in range(config.n_critic):
                 batch = to_device(next(loader), device, config.image_size, channels_last=on_cuda)
@@ -307,9 +316,10 @@ def _train(
                 row = {
                     "step": state.step,
                     "epoch": state.position.epoch + state.position.offset / samples_per_epoch,
-                    **{key: value.item() for key, value in (stats_d | stats_g).items()},
+                    **mean_over_ranks(stats_d | stats_g, ddp),
                     "images_per_s": (state.step - last_log_step) * images_per_step / (now - last_log),
                     "elapsed_s": now - started,
+                    **({"gpu_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30} if on_cuda else {}),
                 }
                 last_log, last_log_step = now, state.step
                 if ddp.is_main:
