@@ -345,8 +345,10 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
         from pipeline.evaluation import evaluate_checkpoint, trained_split
 
         paths = storage.paths(spec.name)
-        trained = last_trained_run(context.instance, colorizer_key)
-        run_dir = paths.inside(paths.runs / config.run_name if config.run_name else trained or paths.runs / spec.name)
+        if config.run_name:
+            run_dir = paths.inside(paths.runs / config.run_name)
+        else:
+            run_dir = paths.inside(last_trained_run(context.instance, colorizer_key) or paths.runs / spec.name)
         checkpoint = run_dir / "latest.pt"
         if not checkpoint.is_file():
             raise dg.Failure(f"no checkpoint at {checkpoint}: materialize {spec.name}/colorizer first")
