@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import io
 import multiprocessing
+import os
 import resource
 import sys
 import tempfile
@@ -47,9 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.convert import ShardResult, TagCounts, convert_shard, convert_shards, decode_to_lab, shard_tag_counts
 from pipeline.datasets import DatasetPaths, DatasetSpec, load_dataset_spec
 from pipeline.sources.sample import FILLER_TAGS
-from pipeline.tokens import build_tag_tokens, load_tag_encoding
+from pipeline.tokens import build_tag_tokens, load_tag_encoding, resolve_o200k_file, tiktoken_cache_dir
 
-DEFAULT_VOCABULARY = Path(__file__).resolve().parents[2] / "shared" / "tiktoken"
 GAP_PHOTOS = 50
 """Photos on which the Lab difference to the baselines is averaged."""
 
@@ -202,8 +202,14 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rss-shard-images", type=int, default=10_000, help="images of the large RSS shard")
-    parser.add_argument("--vocabulary", type=Path, default=DEFAULT_VOCABULARY, help="tiktoken cache directory")
+    parser.add_argument(
+        "--vocabulary",
+        type=Path,
+        default=tiktoken_cache_dir(os.environ),
+        help="tiktoken cache directory (default: tiktoken's own); o200k_base is fetched into it when missing",
+    )
     args = parser.parse_args()
+    resolve_o200k_file(args.vocabulary)
 
     rng = np.random.default_rng(0)
     shapes = [(375, 500) if rng.random() < 0.25 else (500, 375) for _ in range(args.photos)]

