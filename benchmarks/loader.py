@@ -27,9 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.config import TrainConfig
-from model.contract import PAD_ID, SHARD_NAME
-from model.data import BatchLoader, TokenIndex, TrainingSet, read_layout, to_device
+from model.data import BatchLoader, TokenIndex, TrainingSet, to_device
 from model.train import train
+from pipeline.core.contract import PAD_ID, SHARD_NAME
+from pipeline.core.layout import read_layout
 
 
 def write_random_dataset(root: Path, n_images: int, shard_size: int, size: int, seed: int = 0) -> None:

@@ -46,9 +46,11 @@ from skimage.transform import resize
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.convert import ShardResult, TagCounts, convert_shard, convert_shards, decode_to_lab, shard_tag_counts
-from pipeline.datasets import DatasetPaths, DatasetSpec, load_dataset_spec
+from pipeline.core.layout import DatasetPaths
+from pipeline.core.vocabulary import load_tag_encoding, resolve_o200k_file, tiktoken_cache_dir
+from pipeline.datasets import DatasetSpec, load_dataset_spec
 from pipeline.sources.sample import FILLER_TAGS
-from pipeline.tokens import build_tag_tokens, load_tag_encoding, resolve_o200k_file, tiktoken_cache_dir
+from pipeline.tokens import build_tag_tokens
 
 GAP_PHOTOS = 50
 """Photos on which the Lab difference to the baselines is averaged."""

@@ -21,8 +21,8 @@ import torch
 
 from model.config import ARCHITECTURE_KEYS, TrainConfig
 from model.data import Position, TokenIndex
-from model.files import atomic_path
 from model.networks import Critic, Generator
+from pipeline.core.files import atomic_path
 
 FORMAT = "tagcolor-cwgan-gp"
 VERSION = 1

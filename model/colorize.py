@@ -21,11 +21,11 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from model.checkpoint import CheckpointError
-from model.color import NEUTRAL_AB, lab_u8_to_rgb, rgb_to_lab_u8
-from model.contract import TOKENS_PER_IMAGE
-from model.files import atomic_path
 from model.inference import Colorizer
-from pipeline.tokens import VocabularyError, encode_tags, load_tag_encoding, tag_text, tiktoken_cache_dir
+from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb, rgb_to_lab_u8
+from pipeline.core.contract import TOKENS_PER_IMAGE
+from pipeline.core.files import atomic_path
+from pipeline.core.vocabulary import VocabularyError, encode_tags, load_tag_encoding, tag_text, tiktoken_cache_dir
 
 CHROMA_SCALES = (1.0, 0.75, 0.5, 0.25, 0.0)
 """Shares of the predicted chroma tried per pixel, largest first; grey (0) always fits."""

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import yaml
 
-from model.data import DataError, DatasetLayout, read_layout
+from pipeline.core.layout import DataError, DatasetLayout, read_layout
 
 ARCHITECTURE_KEYS = ("base_channels", "depth", "token_dim", "pool")
 """Keys that shape the networks: a resumed or initialised run must keep the checkpoint's values."""
@@ -198,7 +198,7 @@ def validate_train_config(config: TrainConfig) -> TrainConfig:
     _require(holdout not in shards, "holdout_shard", f"shard {holdout} is held out but listed in 'shards'")
     _require(bool(shards), "shards", f"no shard is left for training besides the held-out {holdout}")
     for shard in shards:
-        _require(layout.shard_path(shard).is_file(), "shards", f"{layout.shard_path(shard)} does not exist")
+        _require(layout.paths.shard(shard).is_file(), "shards", f"{layout.paths.shard(shard)} does not exist")
     if config.init_from is not None:
         _require(Path(config.init_from).is_file(), "init_from", f"{config.init_from} does not exist")
     return dataclasses.replace(

@@ -11,74 +11,15 @@ import queue
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from model.color import AB_HALF_RANGE, L_HALF_RANGE, NEUTRAL_AB
-from model.contract import PAD_ID, SHARD_NAME, TOKENS_PER_IMAGE, VOCAB_SIZE_WITH_PAD
-
-
-class DataError(ValueError):
-    """The dataset on disk does not hold what training needs."""
-
-
-@dataclass(frozen=True)
-class DatasetLayout:
-    """Where a dataset's files are and how its global image order maps onto shards."""
-
-    root: Path
-    n_images: int
-    shard_size: int
-
-    @property
-    def n_shards(self) -> int:
-        return -(-self.n_images // self.shard_size)
-
-    @property
-    def tokens_path(self) -> Path:
-        return self.root / "tokens.npy"
-
-    @property
-    def images_table(self) -> Path:
-        return self.root / "images.parquet"
-
-    def shard_path(self, shard: int) -> Path:
-        return self.root / "shards" / SHARD_NAME.format(shard=shard)
-
-    def shard_ids(self, shard: int) -> range:
-        """Global indices (rows of ``tokens.npy``) held by ``shard``."""
-        return range(shard * self.shard_size, min((shard + 1) * self.shard_size, self.n_images))
-
-
-def _rows(path: Path) -> int:
-    """Row count of a ``.npy`` file, read from its header only."""
-    return int(np.load(path, mmap_mode="r").shape[0])
-
-
-def read_layout(root: Path, shards: Sequence[int] | None = None) -> DatasetLayout:
-    """Inspect ``root``: the image count from ``tokens.npy``, the shard size from the rows of shard 0.
-
-    A run over a later subset may not have shard 0 on disk; then the largest listed shard tells the size
-    (only the dataset's last shard can be short).
-    """
-    tokens = root / "tokens.npy"
-    if not tokens.is_file():
-        raise DataError(f"{tokens} does not exist; materialize tag_tokens first")
-    if not (root / "images.parquet").exists():
-        raise DataError(f"{root / 'images.parquet'} does not exist; materialize lab_shards first")
-    header = np.load(tokens, mmap_mode="r")
-    if header.ndim != 2 or header.shape[1] != TOKENS_PER_IMAGE or header.dtype != np.int32:
-        raise DataError(f"{tokens}: expected int32 (N, {TOKENS_PER_IMAGE}), got {header.dtype} {header.shape}")
-    first = root / "shards" / SHARD_NAME.format(shard=0)
-    candidates = [first] if first.is_file() else [root / "shards" / SHARD_NAME.format(shard=s) for s in shards or ()]
-    sizes = [_rows(path) for path in candidates if path.is_file()]
-    if not sizes or max(sizes) == 0:
-        raise DataError(f"cannot tell the shard size: {first} does not exist and no listed shard does")
-    return DatasetLayout(root=root, n_images=int(header.shape[0]), shard_size=max(sizes))
+from pipeline.core.color import AB_HALF_RANGE, L_HALF_RANGE, NEUTRAL_AB
+from pipeline.core.contract import PAD_ID, VOCAB_SIZE_WITH_PAD
+from pipeline.core.layout import DataError, DatasetLayout
 
 
 class TokenIndex:
@@ -128,7 +69,7 @@ def training_tokens(layout: DatasetLayout, holdout_shard: int) -> np.ndarray:
 
     All training shards, not only a run's subset, so runs over successive subsets share one index.
     """
-    tokens = np.load(layout.tokens_path, mmap_mode="r")
+    tokens = np.load(layout.paths.tokens, mmap_mode="r")
     held = layout.shard_ids(holdout_shard)
     return np.concatenate([tokens[: held.start], tokens[held.stop :]])
 
@@ -141,18 +82,18 @@ class TrainingSet:
 
     def __init__(self, layout: DatasetLayout, shards: Sequence[int], skip_grayscale: bool) -> None:
         columns = ["image_id", "shard", "row", "valid", "is_grayscale"]
-        table = pd.read_parquet(layout.images_table, columns=columns).sort_values("image_id")
+        table = pd.read_parquet(layout.paths.images_table, columns=columns).sort_values("image_id")
         table = table[table["shard"].isin(list(shards))]
         missing = sorted(set(shards) - set(table["shard"].unique().tolist()))
         if missing:
-            raise DataError(f"{layout.images_table} has no rows for shard(s) {missing}")
+            raise DataError(f"{layout.paths.images_table} has no rows for shard(s) {missing}")
         keep = table["valid"].to_numpy(bool, copy=True)
         if skip_grayscale:
             keep &= ~table["is_grayscale"].to_numpy(bool)
         self.shard = table["shard"].to_numpy(np.int64)[keep]
         self.row = table["row"].to_numpy(np.int64)[keep]
-        self.shards = {int(s): np.load(layout.shard_path(int(s)), mmap_mode="r") for s in shards}
-        self.tokens = np.load(layout.tokens_path, mmap_mode="r")
+        self.shards = {int(s): np.load(layout.paths.shard(int(s)), mmap_mode="r") for s in shards}
+        self.tokens = np.load(layout.paths.tokens, mmap_mode="r")
         self.global_index = self.shard * layout.shard_size + self.row
         kinds = {(array.dtype, array.shape[1:]) for array in self.shards.values()}
         dtype, shape = next(iter(kinds))

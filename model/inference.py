@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from model.checkpoint import CheckpointError, architecture, load_checkpoint
-from model.color import l_to_unit, unit_to_ab
-from model.contract import TOKENS_PER_IMAGE
 from model.data import TokenIndex
 from model.networks import Generator
+from pipeline.core.color import l_to_unit, unit_to_ab
+from pipeline.core.contract import TOKENS_PER_IMAGE
 
 
 def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 import cv2
 import numpy as np
 
-from model.color import colorfulness, lab_u8_to_rgb
+from pipeline.core.color import colorfulness, lab_u8_to_rgb
 
 MAX_VALUE = 255.0
 SSIM_SIGMA = 1.5

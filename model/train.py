@@ -40,9 +40,10 @@ from model.checkpoint import (
     set_rng_state,
 )
 from model.config import DATA_ORDER_KEYS, TrainConfig, TrainConfigError, load_train_config, validate_train_config
-from model.data import BatchLoader, DataError, TokenIndex, TrainingSet, read_layout, to_device, training_tokens
-from model.files import atomic_path, atomic_write_text
+from model.data import BatchLoader, TokenIndex, TrainingSet, to_device, training_tokens
 from model.losses import LossWeights, critic_loss, generator_loss
+from pipeline.core.files import atomic_path, atomic_write_text
+from pipeline.core.layout import DataError, read_layout
 
 logger = logging.getLogger(__name__)
 

@@ -27,16 +27,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from model.color import colorfulness, rgb_to_lab_u8
-from model.files import atomic_path
-from pipeline.datasets import DatasetPaths, DatasetSpec
+from pipeline.core.color import colorfulness, rgb_to_lab_u8
+from pipeline.core.files import atomic_path
+from pipeline.core.layout import DatasetPaths
+from pipeline.core.vocabulary import load_tag_encoding
+from pipeline.datasets import DatasetSpec
 from pipeline.sources.members import count_unsafe_members
-from pipeline.tokens import UNREADABLE_MEMBER_ERRORS, load_tag_encoding, tag_counts
+from pipeline.tokens import UNREADABLE_MEMBER_ERRORS, tag_counts
 
 MISSING = "missing"
 EMPTY = "empty"
@@ -399,9 +400,3 @@ def convert_shards(
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     return [results[shard] for shard in order]
-
-
-def read_images_table(paths: DatasetPaths, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Every shard's rows of ``images.parquet`` (``columns`` only, if given), sorted by ``image_id``."""
-    columns = None if columns is None else list(dict.fromkeys(["image_id", *columns]))
-    return pd.read_parquet(paths.images_table, columns=columns).sort_values("image_id", ignore_index=True)

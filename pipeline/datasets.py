@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from model.contract import SHARD_NAME
+from pipeline.core.config import ConfigError
+from pipeline.core.layout import Sharding
 from pipeline.sources.download import UnsupportedURLError, check_url
 from pipeline.sources.layouts import ArchiveLayout
 
@@ -22,10 +23,6 @@ DATASETS = ("sample", "mirflickr25k", "mirflickr1m")
 DATASET_LAYOUTS = {"sample": "mirflickr1m", "mirflickr25k": "mirflickr25k", "mirflickr1m": "mirflickr1m"}
 """The archive layout each dataset is published in (the sample imitates MIRFLICKR-1M)."""
 MD5_HEX = re.compile(r"[0-9a-f]{32}")
-
-
-class ConfigError(ValueError):
-    """A configuration file or value is invalid; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -38,32 +35,15 @@ class SampleSpec:
 
 
 @dataclass(frozen=True)
-class DatasetSpec:
+class DatasetSpec(Sharding):
     """One dataset: its archive layout, size, sharding and where it is published."""
 
     name: str
     layout: ArchiveLayout
-    n_images: int
-    shard_size: int
     image_size: int = 224
     base_url: str | None = None
     md5: dict[str, str] = field(default_factory=dict)
     sample: SampleSpec | None = None
-
-    @property
-    def n_shards(self) -> int:
-        return -(-self.n_images // self.shard_size)
-
-    def shard_keys(self) -> list[str]:
-        """Partition keys of ``lab_shards``: ``000``, ``001``, …"""
-        return [f"{shard:03d}" for shard in range(self.n_shards)]
-
-    def shard_ids(self, shard: int) -> range:
-        """Image ids (global order) held by ``shard``."""
-        if not 0 <= shard < self.n_shards:
-            raise ConfigError(f"shard {shard} does not exist in {self.name} (0 … {self.n_shards - 1})")
-        start = shard * self.shard_size
-        return range(start, min(start + self.shard_size, self.n_images))
 
     def archives(self) -> list[str]:
         """Partition keys of ``archives`` (image archives only)."""
@@ -164,59 +144,3 @@ def load_dataset_spec(name: str, config_dir: Path = CONFIG_DIR) -> DatasetSpec:
     if spec.name != name:
         raise ConfigError(f"{path}: 'name' must be {name!r}, the file's name, got {spec.name!r}")
     return spec
-
-
-@dataclass(frozen=True)
-class DatasetPaths:
-    """Every file of one dataset lives below ``root`` = ``$TAGCOLOR_DATA_DIR/<dataset>``."""
-
-    root: Path
-
-    @property
-    def raw(self) -> Path:
-        return self.root / "raw"
-
-    @property
-    def shards(self) -> Path:
-        return self.root / "shards"
-
-    @property
-    def images_table(self) -> Path:
-        """``images.parquet``: a Parquet dataset directory, one file per shard (``NNN.parquet``)."""
-        return self.root / "images.parquet"
-
-    @property
-    def tokens(self) -> Path:
-        return self.root / "tokens.npy"
-
-    @property
-    def tags_table(self) -> Path:
-        return self.root / "tags.parquet"
-
-    @property
-    def stats(self) -> Path:
-        return self.root / "stats"
-
-    @property
-    def runs(self) -> Path:
-        return self.root / "runs"
-
-    @property
-    def evaluation(self) -> Path:
-        return self.root / "evaluation"
-
-    def archive(self, archive: str) -> Path:
-        return self.raw / ArchiveLayout.filename(archive)
-
-    def shard(self, shard: int) -> Path:
-        return self.shards / SHARD_NAME.format(shard=shard)
-
-    def shard_rows(self, shard: int) -> Path:
-        return self.images_table / f"{shard:03d}.parquet"
-
-    def inside(self, path: Path) -> Path:
-        """Resolve ``path`` and refuse it unless it lies below the dataset root."""
-        resolved = path.resolve()
-        if not resolved.is_relative_to(self.root.resolve()):
-            raise ConfigError(f"{path} lies outside the data root {self.root}")
-        return resolved

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dagster as dg
 import yaml
 
-from pipeline.datasets import CONFIG_DIR, DATASETS, ConfigError, load_dataset_spec
+from pipeline.core.config import ConfigError
+from pipeline.datasets import CONFIG_DIR, DATASETS, load_dataset_spec
 from pipeline.factory import build_dataset_assets
 from pipeline.resources import storage_from_environ
 

@@ -8,17 +8,18 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
-import pandas as pd
 
-from model.contract import PAD_ID, TOKENS_PER_IMAGE
 from pipeline import metadata
-from pipeline.convert import convert_shards, read_images_table
-from pipeline.datasets import CONFIG_DIR, DatasetPaths, DatasetSpec
-from pipeline.render import preview_markdown
+from pipeline.convert import convert_shards
+from pipeline.core.contract import PAD_ID, TOKENS_PER_IMAGE, token_problems
+from pipeline.core.layout import alignment_problems, shard_problems
+from pipeline.core.render import preview_markdown
+from pipeline.core.vocabulary import load_tag_encoding
+from pipeline.datasets import CONFIG_DIR, DatasetSpec
 from pipeline.resources import TagcolorStorage
 from pipeline.sources import download, sample
 from pipeline.stats import compute_data_stats
-from pipeline.tokens import build_tag_tokens, load_tag_encoding
+from pipeline.tokens import build_tag_tokens
 
 REPO_ROOT = CONFIG_DIR.parent
 DEFAULT_TRAIN_CONFIG = {"sample": "sample_demo", "mirflickr25k": "mirflickr25k_1gpu", "mirflickr1m": "mirflickr1m_1gpu"}
@@ -207,7 +208,11 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
         results = convert_shards(
             spec, paths, shards, storage.vocabulary_dir, workers=config.workers or None, progress=progress
         )
-        problems = [problem for result in results for problem in shard_problems(spec, paths, result.shard)]
+        problems = [
+            problem
+            for result in results
+            for problem in shard_problems(paths, result.shard, spec.shard_ids(result.shard), spec.image_size)
+        ]
         reasons: dict[str, int] = {}
         for result in results:
             for reason, count in result.reasons.items():
@@ -290,7 +295,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
             workers=config.workers or os.cpu_count() or 1,
         )
         report = result.report_path.read_text()
-        problems = alignment_problems(spec, paths)
+        problems = alignment_problems(paths, spec.n_images)
         return dg.MaterializeResult(
             check_results=[
                 dg.AssetCheckResult(
@@ -342,7 +347,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
     def evaluation(
         context: dg.AssetExecutionContext, config: EvaluationConfig, storage: TagcolorStorage
     ) -> dg.MaterializeResult:
-        from pipeline.evaluation import evaluate_checkpoint, trained_split
+        from model.evaluation import evaluate_checkpoint, trained_split
 
         paths = storage.paths(spec.name)
         if config.run_name:
@@ -392,49 +397,3 @@ def last_trained_run(instance: dg.DagsterInstance, colorizer_key: dg.AssetKey) -
     event = instance.get_latest_materialization_event(colorizer_key)
     reported = event.asset_materialization.metadata.get("run_dir") if event and event.asset_materialization else None
     return Path(str(reported.value)) if reported is not None else None
-
-
-def shard_problems(spec: DatasetSpec, paths: DatasetPaths, shard: int) -> list[str]:
-    """Contract violations of one shard: file shape and dtype, and its images.parquet rows in id order."""
-    path = paths.shard(shard)
-    if not path.is_file():
-        return [f"{path.name}: missing"]
-    array = np.load(path, mmap_mode="r")
-    ids = spec.shard_ids(shard)
-    expected = (len(ids), spec.image_size, spec.image_size, 3)
-    problems = []
-    if array.dtype != np.uint8:
-        problems.append(f"{path.name}: dtype {array.dtype}, expected uint8")
-    if array.shape != expected:
-        problems.append(f"{path.name}: shape {array.shape}, expected {expected}")
-    rows = pd.read_parquet(paths.shard_rows(shard), columns=["image_id", "row"])
-    if not (np.array_equal(rows["image_id"], np.asarray(ids)) and np.array_equal(rows["row"], np.arange(len(ids)))):
-        problems.append(f"{paths.shard_rows(shard).name}: rows are not image ids {ids[0]}…{ids[-1]} in order")
-    return problems
-
-
-def alignment_problems(spec: DatasetSpec, paths: DatasetPaths) -> str:
-    """'' when ``images.parquet`` and ``tokens.npy`` hold images ``0 … n_images − 1`` once each, in order."""
-    expected = np.arange(spec.n_images)
-    ids = read_images_table(paths, ["image_id"])["image_id"].to_numpy() if paths.images_table.is_dir() else np.empty(0)
-    n_tokens = np.load(paths.tokens, mmap_mode="r").shape[0] if paths.tokens.is_file() else 0
-    problems = []
-    if not np.array_equal(ids, expected):
-        problems.append(f"images.parquet holds {len(ids):,} rows, not image ids 0 … {spec.n_images - 1:,} once each")
-    if n_tokens != spec.n_images:
-        problems.append(f"tokens.npy holds {n_tokens:,} rows, expected {spec.n_images:,}")
-    return "; ".join(problems)
-
-
-def token_problems(tokens: np.ndarray) -> str:
-    """Contract violations of a token matrix ('' when none): dtype, width, id range, pads only trailing."""
-    if tokens.dtype != np.int32 or tokens.ndim != 2 or tokens.shape[1] != TOKENS_PER_IMAGE:
-        return f"dtype/shape {tokens.dtype} {tokens.shape}, expected int32 (N, {TOKENS_PER_IMAGE})"
-    problems = []
-    if tokens.size and (tokens.min() < 0 or tokens.max() > PAD_ID):
-        problems.append(f"ids outside [0, {PAD_ID}]: min {tokens.min()}, max {tokens.max()}")
-    is_pad = tokens == PAD_ID
-    inner_pads = int((is_pad[:, :-1] & ~is_pad[:, 1:]).any(axis=1).sum())
-    if inner_pads:
-        problems.append(f"{inner_pads} rows have a token after a pad")
-    return "; ".join(problems)

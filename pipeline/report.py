@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from model.contract import TOKENS_PER_IMAGE
-from model.files import atomic_path, atomic_write_text
+from pipeline.core.contract import TOKENS_PER_IMAGE
+from pipeline.core.files import atomic_path, atomic_write_text
 
 REPORT_NAME = "data_stats.md"
 PLOTS_DIR = "plots"

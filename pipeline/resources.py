@@ -8,9 +8,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipeline.datasets import ConfigError, DatasetPaths, DatasetSpec
+from pipeline.core.config import ConfigError
+from pipeline.core.layout import DatasetPaths
+from pipeline.core.vocabulary import tiktoken_cache_dir
+from pipeline.datasets import DatasetSpec
 from pipeline.sources.download import UnsupportedURLError, check_url
-from pipeline.tokens import tiktoken_cache_dir
 
 URL_ENV = {"mirflickr1m": "TAGCOLOR_MIRFLICKR1M_URL", "mirflickr25k": "TAGCOLOR_MIRFLICKR25K_URL"}
 

@@ -23,10 +23,16 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from model.contract import O200K_ORDINARY_TOKENS, O200K_VOCAB_SIZE, PAD_ID, TOKENS_PER_IMAGE, VOCAB_SIZE_WITH_PAD
-from model.files import atomic_path
-from pipeline.convert import INVALID_REASONS, init_opencv_worker, read_images_table
-from pipeline.datasets import DatasetPaths
+from pipeline.convert import INVALID_REASONS, init_opencv_worker
+from pipeline.core.contract import (
+    O200K_ORDINARY_TOKENS,
+    O200K_VOCAB_SIZE,
+    PAD_ID,
+    TOKENS_PER_IMAGE,
+    VOCAB_SIZE_WITH_PAD,
+)
+from pipeline.core.files import atomic_path
+from pipeline.core.layout import DatasetPaths, read_images_table
 from pipeline.report import write_report
 
 CHANNELS = ("L", "a", "b")

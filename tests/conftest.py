@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.tokens import O200K_CACHE_NAME, resolve_o200k_file
+from pipeline.core.vocabulary import O200K_CACHE_NAME, resolve_o200k_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFILLED_CACHES = (REPO_ROOT.parent / "shared" / "tiktoken",)

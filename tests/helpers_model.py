@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model.color import colorfulness, lab_u8_to_rgb, rgb_to_lab_u8
 from model.config import TrainConfig
 from model.train import train
-from pipeline.datasets import DatasetPaths
-from pipeline.tokens import encode_tags, load_tag_encoding, tag_text
+from pipeline.core.color import colorfulness, lab_u8_to_rgb, rgb_to_lab_u8
+from pipeline.core.layout import DatasetPaths
+from pipeline.core.vocabulary import encode_tags, load_tag_encoding, tag_text
 
 SIZE = 32
 SHARD_SIZE = 16

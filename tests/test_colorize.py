@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.color import rgb_to_lab_u8
 from model.colorize import SUFFIX, colorize_image, main, parse_tags, rgb_keeping_lightness
-from model.contract import PAD_ID, TOKENS_PER_IMAGE
 from model.inference import Colorizer
-from pipeline.tokens import encode_tags, load_tag_encoding, tag_text
+from pipeline.core.color import rgb_to_lab_u8
+from pipeline.core.contract import PAD_ID, TOKENS_PER_IMAGE
+from pipeline.core.vocabulary import encode_tags, load_tag_encoding, tag_text
 
 pytest_plugins = ["tests.helpers_model"]
 

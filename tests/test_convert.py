@@ -17,19 +17,20 @@ from PIL import Image
 from skimage.color import rgb2lab
 
 import pipeline.convert as convert
-from model.color import colorfulness
 from pipeline.convert import (
     ImageDecodeError,
     ShardResult,
     convert_shard,
     convert_shards,
     decode_to_lab,
-    read_images_table,
     shard_tag_counts,
 )
-from pipeline.datasets import DatasetPaths, DatasetSpec, load_dataset_spec
+from pipeline.core.color import colorfulness
+from pipeline.core.layout import DatasetPaths, read_images_table
+from pipeline.core.vocabulary import load_tag_encoding
+from pipeline.datasets import DatasetSpec, load_dataset_spec
 from pipeline.sources.members import is_unsafe_member
-from pipeline.tokens import build_tag_tokens, load_tag_encoding
+from pipeline.tokens import build_tag_tokens
 
 SIZE = 32
 SPEC = dataclasses.replace(load_dataset_spec("sample"), n_images=12, shard_size=5, image_size=SIZE)

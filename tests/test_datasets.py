@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.datasets import CONFIG_DIR, DATASETS, ConfigError, DatasetPaths, load_dataset_spec, parse_dataset_spec
+from pipeline.core.config import ConfigError
+from pipeline.core.layout import DatasetPaths
+from pipeline.datasets import CONFIG_DIR, DATASETS, load_dataset_spec, parse_dataset_spec
 
 
 def test_shipped_specs_have_expected_sharding() -> None:

@@ -10,16 +10,12 @@ import zipfile
 import dagster as dg
 import pytest
 
-from pipeline.datasets import CONFIG_DIR, DATASETS, ConfigError, DatasetPaths, load_dataset_spec
+from pipeline.core.config import ConfigError
+from pipeline.core.contract import token_problems
+from pipeline.core.layout import DatasetPaths, alignment_problems
+from pipeline.datasets import CONFIG_DIR, DATASETS, load_dataset_spec
 from pipeline.definitions import build_definitions
-from pipeline.factory import (
-    ColorizerConfig,
-    alignment_problems,
-    build_dataset_assets,
-    token_problems,
-    train_config_path,
-    training_command,
-)
+from pipeline.factory import ColorizerConfig, build_dataset_assets, train_config_path, training_command
 from pipeline.resources import storage_from_environ
 
 ASSETS = ("archives", "tags_archive", "lab_shards", "tag_tokens", "data_stats", "colorizer", "evaluation")
@@ -199,23 +195,23 @@ def test_alignment_problems_name_the_table_that_is_off(tmp_path) -> None:
 
     spec = dataclasses.replace(load_dataset_spec("sample"), n_images=4, shard_size=2)
     paths = DatasetPaths(tmp_path)
-    assert "images.parquet holds 0 rows" in alignment_problems(spec, paths)
-    assert "tokens.npy holds 0 rows" in alignment_problems(spec, paths)
+    assert "images.parquet holds 0 rows" in alignment_problems(paths, spec.n_images)
+    assert "tokens.npy holds 0 rows" in alignment_problems(paths, spec.n_images)
     paths.images_table.mkdir(parents=True)
     for shard, ids in ((1, [2, 3]), (0, [0, 1])):
         pd.DataFrame({"image_id": ids, "shard": shard}).to_parquet(paths.shard_rows(shard))
     np.save(paths.tokens, np.zeros((4, 20), np.int32))
-    assert alignment_problems(spec, paths) == ""
+    assert alignment_problems(paths, spec.n_images) == ""
     np.save(paths.tokens, np.zeros((3, 20), np.int32))
-    assert alignment_problems(spec, paths) == "tokens.npy holds 3 rows, expected 4"
+    assert alignment_problems(paths, spec.n_images) == "tokens.npy holds 3 rows, expected 4"
     pd.DataFrame({"image_id": [1, 2], "shard": 1}).to_parquet(paths.shard_rows(1))
-    assert alignment_problems(spec, paths).startswith("images.parquet holds 4 rows, not image ids 0 … 3")
+    assert alignment_problems(paths, spec.n_images).startswith("images.parquet holds 4 rows, not image ids 0 … 3")
 
 
 def test_token_problems_detects_range_and_inner_pads() -> None:
     import numpy as np
 
-    from model.contract import PAD_ID
+    from pipeline.core.contract import PAD_ID
 
     good = np.full((3, 20), PAD_ID, dtype=np.int32)
     good[0, :2] = [5, 7]

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.evaluation import MIN_TILE
-from pipeline.render import CollageLayout
+from model.evaluation import MIN_TILE
+from pipeline.core.render import CollageLayout
 from tests.conftest import REPO_ROOT
 from tests.test_stats import assert_report_matches_tables
 

@@ -15,11 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFont
 
-from model.color import lab_u8_to_rgb
-from model.contract import PAD_ID
-from model.inference import Colorizer
-from pipeline.datasets import DatasetPaths
-from pipeline.evaluation import (
+from model.evaluation import (
     BASELINES,
     CONDITIONS,
     MIN_TILE,
@@ -30,7 +26,11 @@ from pipeline.evaluation import (
     seeded_subset,
     trained_split,
 )
-from pipeline.render import (
+from model.inference import Colorizer
+from pipeline.core.color import lab_u8_to_rgb
+from pipeline.core.contract import PAD_ID
+from pipeline.core.layout import DatasetPaths
+from pipeline.core.render import (
     CAPTION_FONT,
     ELLIPSIS,
     CollageLayout,

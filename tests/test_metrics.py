@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from model.color import colorfulness, lab_u8_to_rgb, rgb_to_lab_u8
 from model.metrics import ImageMetrics, ab_error, image_metrics, psnr, ssim
+from pipeline.core.color import colorfulness, lab_u8_to_rgb, rgb_to_lab_u8
 
 
 def random_rgb(seed: int, shape: tuple[int, ...] = (3, 24, 20, 3)) -> np.ndarray:

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from model.color import ab_to_unit, l_to_unit
-from model.contract import PAD_ID
 from model.data import TokenIndex, lab_to_unit
 from model.losses import gradient_penalty
 from model.networks import Critic, Generator, TagEncoder
+from pipeline.core.color import ab_to_unit, l_to_unit
+from pipeline.core.contract import PAD_ID
 
 VOCAB = 50
 

@@ -24,12 +24,13 @@ from dagster_pipes import encode_param
 import model.checkpoint as checkpoint_module
 import model.train as train_module
 from model.checkpoint import CheckpointError, load_checkpoint
-from model.color import colorfulness, rgb_to_lab_u8
 from model.config import TrainConfig, TrainConfigError, config_from_dict, load_train_config
-from model.contract import PAD_ID, SHARD_NAME
-from model.data import BatchLoader, HostBatch, Position, TokenIndex, TrainingSet, read_layout, to_device
+from model.data import BatchLoader, HostBatch, Position, TokenIndex, TrainingSet, to_device
 from model.inference import Colorizer
 from model.train import train
+from pipeline.core.color import colorfulness, rgb_to_lab_u8
+from pipeline.core.contract import PAD_ID, SHARD_NAME
+from pipeline.core.layout import read_layout
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_CONFIGS = REPO / "assets_config" / "train"
@@ -463,9 +464,9 @@ def test_cli_reports_through_dagster_pipes(dataset: Path, tmp_path: Path) -> Non
 
 def sample_dataset(root: Path, vocabulary_dir: Path, n_images: int, shard_size: int, size: int) -> Path:
     """The synthetic sample's scenes and tags, center-cropped and resized to ``size``, in the data contract."""
+    from pipeline.core.vocabulary import encode_tags, load_tag_encoding, tag_text
     from pipeline.datasets import load_dataset_spec
     from pipeline.sources.sample import sample_image, sample_tags
-    from pipeline.tokens import encode_tags, load_tag_encoding, tag_text
 
     spec = load_dataset_spec("sample")
     spec = replace(spec, n_images=n_images, sample=replace(spec.sample, width=4 * size // 2, height=3 * size // 2))

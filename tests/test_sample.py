@@ -12,8 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from model.color import rgb_to_lab_u8
-from pipeline.datasets import ConfigError, DatasetSpec, SampleSpec, load_dataset_spec
+from pipeline.core.color import rgb_to_lab_u8
+from pipeline.core.config import ConfigError
+from pipeline.datasets import DatasetSpec, SampleSpec, load_dataset_spec
 from pipeline.sources.sample import (
     COLOURS,
     FOREGROUND_L,

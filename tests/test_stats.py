@@ -13,9 +13,9 @@ import pytest
 import tiktoken
 
 import pipeline.stats as stats
-from model.contract import O200K_VOCAB_SIZE, PAD_ID, TOKENS_PER_IMAGE
 from pipeline.convert import INVALID_REASONS
-from pipeline.datasets import DatasetPaths
+from pipeline.core.contract import O200K_VOCAB_SIZE, PAD_ID, TOKENS_PER_IMAGE
+from pipeline.core.layout import DatasetPaths
 from pipeline.stats import (
     channel_histograms,
     compute_data_stats,

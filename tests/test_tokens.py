@@ -14,26 +14,26 @@ import pytest
 import requests
 import tiktoken
 
-from model.contract import PAD_ID, TOKENS_PER_IMAGE
-from pipeline.datasets import DatasetPaths, DatasetSpec, SampleSpec
-from pipeline.sources.layouts import ArchiveLayout
-from pipeline.tokens import (
+from pipeline.core.contract import PAD_ID, TOKENS_PER_IMAGE
+from pipeline.core.layout import DatasetPaths
+from pipeline.core.vocabulary import (
     LITELLM_MEMBER,
     O200K_CACHE_NAME,
     O200K_PAT_STR,
     O200K_SHA256,
     O200K_URL,
     VocabularyError,
-    build_tag_tokens,
     encode_tags,
     load_tag_encoding,
-    parse_tag_file,
-    read_tags,
     read_wheel_member,
     resolve_o200k_file,
     tag_text,
     tiktoken_cache_dir,
 )
+from pipeline.datasets import DatasetSpec, SampleSpec
+from pipeline.sources.layouts import ArchiveLayout
+from pipeline.tokens import build_tag_tokens, parse_tag_file, read_tags
+
 
 @pytest.fixture(scope="module")
 def real_bytes(vocabulary_dir: Path) -> bytes:

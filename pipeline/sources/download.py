@@ -25,7 +25,7 @@ from pathlib import Path
 
 import requests
 
-from model.files import atomic_write_text
+from pipeline.core.files import atomic_write_text
 
 ACCEPTED_SCHEMES = ("http", "https", "file")
 MAX_BACKOFF_S = 60.0

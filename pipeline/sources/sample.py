@@ -20,8 +20,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from model.files import atomic_path
-from pipeline.datasets import ConfigError, DatasetSpec, SampleSpec
+from pipeline.core.config import ConfigError
+from pipeline.core.files import atomic_path
+from pipeline.datasets import DatasetSpec, SampleSpec
 from pipeline.sources.layouts import IMAGES_PER_1M_ARCHIVE
 
 COLOURS: dict[str, tuple[float, float]] = {

@@ -27,13 +27,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from model.color import NEUTRAL_AB, lab_u8_to_rgb
-from model.contract import PAD_ID
-from model.files import atomic_write_text
 from model.inference import Colorizer
 from model.metrics import ImageMetrics, image_metrics
-from pipeline.datasets import DatasetPaths
-from pipeline.render import CollageRow, render_collage
+from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb
+from pipeline.core.contract import PAD_ID
+from pipeline.core.files import atomic_write_text
+from pipeline.core.layout import DatasetPaths
+from pipeline.core.render import CollageRow, render_collage
 
 CONDITIONS = ("tags", "pad", "shuffled")
 BASELINES = ("grey", "train_mean")

@@ -17,7 +17,7 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from model.files import atomic_path
+from pipeline.core.files import atomic_path
 
 COLUMNS = ("grey input", "generated", "original")
 ELLIPSIS = "…"
