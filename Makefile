@@ -4,21 +4,23 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= data
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
-SAMPLE_RUN_CONFIG ?= assets_config/runs/sample_demo.yaml
-# Where the demo copies its collage for the README (empty: no copy).
-COLLAGE_COPY ?= docs/sample_collage.png
-MATERIALIZE = TAGCOLOR_DATA_DIR=$(DATA) DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster asset materialize -m pipeline.definitions
+# Run config for the demo's colorizer (empty: the sample's own preset, assets_config/train/sample_demo.yaml).
+COLORIZER_CONFIG ?=
+# Where the demo copies its collage (empty: no copy). `make demo COLLAGE_COPY=docs/sample_collage.png`
+# refreshes the README's picture.
+COLLAGE_COPY ?=
+LAUNCH = TAGCOLOR_DATA_DIR=$(DATA) DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dg launch
 
 .PHONY: setup instance demo test lint dev
 
-$(BIN)/dagster: pyproject.toml
+$(BIN)/dg: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	touch $(BIN)/dagster
+	touch $(BIN)/dg
 
-setup: $(BIN)/dagster
+setup: $(BIN)/dg
 
 # The Dagster instance: its own settings (assets_config/dagster.yaml) unless DAGSTER_HOME already has some.
 instance:
@@ -27,13 +29,13 @@ instance:
 
 # The sample end to end: archives → shards → tokens → stats → colorizer → evaluation.
 demo: setup instance
-	$(MATERIALIZE) --select 'sample/archives' --partition images0
-	$(MATERIALIZE) --select 'sample/tags_archive'
-	$(MATERIALIZE) --select 'sample/lab_shards' --partition-range 000...001
-	$(MATERIALIZE) --select 'sample/tag_tokens'
-	$(MATERIALIZE) --select 'sample/data_stats'
-	$(MATERIALIZE) --select 'sample/colorizer' --config $(SAMPLE_RUN_CONFIG)
-	$(MATERIALIZE) --select 'sample/evaluation'
+	$(LAUNCH) --assets 'sample/archives' --partition images0
+	$(LAUNCH) --assets 'sample/tags_archive'
+	$(LAUNCH) --assets 'sample/lab_shards' --partition-range 000...001
+	$(LAUNCH) --assets 'sample/tag_tokens'
+	$(LAUNCH) --assets 'sample/data_stats'
+	$(LAUNCH) --assets 'sample/colorizer' $(if $(COLORIZER_CONFIG),--config $(COLORIZER_CONFIG))
+	$(LAUNCH) --assets 'sample/evaluation'
 	if [ -n "$(COLLAGE_COPY)" ]; then mkdir -p $$(dirname $(COLLAGE_COPY)) && cp $(DATA)/sample/evaluation/result_collage.png $(COLLAGE_COPY); fi
 	@echo "collage: $(DATA)/sample/evaluation/result_collage.png  report: $(DATA)/sample/stats/data_stats.md"
 
@@ -42,8 +44,8 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/dagster definitions validate -w workspace.yaml
+	$(BIN)/dg check defs
 	$(BIN)/python -m pytest; code=$$?; if [ $$code -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$code
 
 dev: setup instance
-	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -w workspace.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dg dev

@@ -49,7 +49,7 @@ from pipeline.convert import ShardResult, TagCounts, convert_shard, convert_shar
 from pipeline.core.layout import DatasetPaths
 from pipeline.core.vocabulary import load_tag_encoding, resolve_o200k_file, tiktoken_cache_dir
 from pipeline.datasets import DatasetSpec, load_dataset_spec
-from pipeline.sources.sample import FILLER_TAGS
+from pipeline.sources.synthetic import FILLER_TAGS
 from pipeline.tokens import build_tag_tokens
 
 GAP_PHOTOS = 50
@@ -185,12 +185,12 @@ def write_dataset(paths: DatasetPaths, spec: DatasetSpec, photos: list[bytes], v
     paths.raw.mkdir(parents=True)
     with zipfile.ZipFile(paths.archive("images0"), "w") as archive:
         for image_id in range(spec.n_images):
-            archive.writestr(spec.layout.image_member(image_id), photos[image_id % len(photos)])
+            archive.writestr(spec.image_member(image_id), photos[image_id % len(photos)])
     rng = np.random.default_rng(1)
     with zipfile.ZipFile(paths.archive("tags"), "w", zipfile.ZIP_DEFLATED) as archive:
         for image_id in range(spec.n_images):
             tags = [*rng.choice(FILLER_TAGS, size=int(rng.integers(0, 16))).tolist(), f"img{image_id}"]
-            archive.writestr(spec.layout.tag_member(image_id), "\n".join(tags) + "\n")
+            archive.writestr(spec.tag_member(image_id), "\n".join(tags) + "\n")
     return build_tag_tokens(spec, paths, load_tag_encoding(vocabulary)).seconds
 
 

@@ -29,8 +29,12 @@ DATA_ORDER_KEYS = ("shards", "holdout_shard", "batch_size", "seed", "skip_graysc
 
 POSITIVE_KEYS = (
     "image_size", "batch_size", "epochs", "n_critic", "base_channels", "depth", "token_dim",
-    "min_token_count", "log_every", "ckpt_every", "keep_checkpoints", "prefetch",
+    "min_token_count", "log_every", "ckpt_every", "keep_checkpoints", "prefetch", "gpus",
 )  # fmt: skip
+
+
+DEFAULT_RUN_NAME = "colorizer"
+"""The run name when neither a preset nor an override names one."""
 
 
 class TrainConfigError(ValueError):
@@ -42,7 +46,9 @@ class TrainConfig:
     """Everything a training run needs; see ``assets_config/train/*.yaml`` for commented examples."""
 
     data_root: str = "data/sample"
-    run_name: str = "colorizer"
+    run_name: str = ""
+    """The run directory's name, ``runs/<run_name>``; empty: the preset's file name (``colorizer`` without one),
+    the same whether Dagster or a shell starts the run."""
     runs_dir: str | None = None
     """Default: ``<data_root>/runs``."""
     shards: list[int] | None = None
@@ -52,6 +58,9 @@ class TrainConfig:
     skip_grayscale: bool = True
     image_size: int = 64
     batch_size: int = 32
+    """Per process (GPU): a critic step sees ``gpus × batch_size`` photos."""
+    gpus: int = 1
+    """Processes per machine, one per GPU; above 1, ``python -m model.train`` starts them through torchrun."""
     epochs: int = 10
     max_steps: int | None = None
     """Caps the number of generator steps (each follows ``n_critic`` critic steps)."""
@@ -191,6 +200,7 @@ def validate_train_config(config: TrainConfig) -> TrainConfig:
     config = dataclasses.replace(
         config, **{key: _coerce(key, getattr(config, key), hint) for key, hint in hints.items()}
     )
+    config = dataclasses.replace(config, run_name=config.run_name or DEFAULT_RUN_NAME)
     _check_values(config)
     layout = _check_data(config)
     holdout = layout.n_shards - 1 if config.holdout_shard is None else config.holdout_shard
@@ -253,6 +263,12 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
 
 def load_train_config(path: Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read ``path`` (YAML mapping), apply ``key=value`` overrides, validate; see :func:`validate_train_config`."""
+    return validate_train_config(read_train_config(path, overrides))
+
+
+def read_train_config(path: Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """``path`` (a preset) with ``key=value`` overrides applied, its values typed but not yet checked against
+    the data; the run is named after the preset unless it names itself."""
     values: dict[str, Any] = {}
     if path is not None:
         try:
@@ -261,6 +277,5 @@ def load_train_config(path: Path | None, overrides: Sequence[str] = ()) -> Train
             raise TrainConfigError(f"config: cannot read {path}: {error}") from error
         if not isinstance(loaded, dict | None):
             raise TrainConfigError(f"config: {path} must hold a mapping of keys to values")
-        values = loaded or {}
-    values = values | parse_overrides(overrides)
-    return validate_train_config(config_from_dict(values))
+        values = {"run_name": Path(path).stem} | (loaded or {})
+    return config_from_dict(values | parse_overrides(overrides))

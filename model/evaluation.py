@@ -33,7 +33,7 @@ from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb
 from pipeline.core.contract import PAD_ID
 from pipeline.core.files import atomic_write_text
 from pipeline.core.layout import DatasetPaths
-from pipeline.core.render import CollageRow, render_collage
+from pipeline.core.render import CollageRow, Markdown, preview_markdown, render_collage
 
 CONDITIONS = ("tags", "pad", "shuffled")
 BASELINES = ("grey", "train_mean")
@@ -58,6 +58,19 @@ class EvaluationResult:
     metrics_path: Path
     collage_path: Path
     best_collage_path: Path
+    holdout_shard: int
+    run_name: str
+
+    @property
+    def metadata(self) -> dict[str, object]:
+        preview = preview_markdown(self.collage_path, "result collage")
+        return {
+            "collage": self.collage_path,
+            "best_collage": self.best_collage_path,
+            "metrics_json": self.metrics_path,
+            "preview": Markdown(f"{preview}\n\nheld-out shard {self.holdout_shard:03d}, run {self.run_name}"),
+            **self.figures,
+        }
 
 
 def colour_photos(images: pd.DataFrame, shards: Sequence[int]) -> pd.DataFrame:
@@ -277,4 +290,16 @@ def evaluate_checkpoint(
         metrics_path=metrics_path,
         collage_path=collage_path,
         best_collage_path=best_collage_path,
+        holdout_shard=holdout_shard,
+        run_name=checkpoint.parent.name,
     )
+
+
+def evaluate_run(paths: DatasetPaths, run_dir: Path, **options: Any) -> EvaluationResult:
+    """Score the run in ``run_dir`` (its ``latest.pt``) on the held-out shard its ``config.yaml`` recorded;
+    ``options`` go to :func:`evaluate_checkpoint`."""
+    checkpoint = run_dir / "latest.pt"
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}: materialize {paths.root.name}/colorizer first")
+    holdout, train_shards = trained_split(run_dir)
+    return evaluate_checkpoint(paths, checkpoint, holdout, train_shards=train_shards, **options)

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,7 +40,14 @@ from model.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from model.config import DATA_ORDER_KEYS, TrainConfig, TrainConfigError, load_train_config, validate_train_config
+from model.config import (
+    DATA_ORDER_KEYS,
+    TrainConfig,
+    TrainConfigError,
+    load_train_config,
+    read_train_config,
+    validate_train_config,
+)
 from model.data import BatchLoader, TokenIndex, TrainingSet, to_device, training_tokens
 from model.losses import LossWeights, critic_loss, generator_loss
 from pipeline.core.files import atomic_path, atomic_write_text
@@ -227,6 +235,11 @@ def train(config: TrainConfig, report: Callable[[dict[str, Any]], None] | None =
     """Train until ``epochs`` or ``max_steps``; ``report`` gets each logged metrics row (rank 0 only)."""
     config = validate_train_config(config)
     ddp = distributed_from_env()
+    launched = os.environ.get("LOCAL_WORLD_SIZE")
+    if launched is not None and int(launched) != config.gpus:
+        raise TrainConfigError(
+            f"gpus: the config asks for {config.gpus} process(es) per machine, torchrun started {launched}"
+        )
     device = select_device(config.device, ddp)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -356,12 +369,25 @@ def summary(result: TrainResult) -> dict[str, Any]:
     }
 
 
+def torchrun_command(gpus: int, argv: Sequence[str]) -> list[str]:
+    """This entry point under torchrun on one machine, ``gpus`` processes (``--standalone`` rendezvous)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}"]
+    return [*launcher, "-m", "model.train", *argv]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, help="YAML file of TrainConfig values")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a config value")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        gpus = read_train_config(args.config, args.overrides).gpus
+    except TrainConfigError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    if gpus > 1 and "RANK" not in os.environ:
+        # One process per GPU: torchrun starts them with this same command line and waits for them.
+        os.execv(sys.executable, torchrun_command(gpus, sys.argv[1:] if argv is None else list(argv)))
     if PipesEnvVarParamsLoader().is_dagster_pipes_process() and distributed_from_env().is_main:
         with open_dagster_pipes() as pipes:
             config = load_train_config(args.config, args.overrides)

@@ -1,14 +1,14 @@
-"""Photos in the image archives → ``shards/lab_NNN.npy`` and the shard's rows of ``images.parquet`` (DESIGN.md §2).
+"""Photos → ``shards/lab_NNN.npy`` and the shard's rows of ``images.parquet`` (docs/ARCHITECTURE.md).
 
-Photos are read straight from the zips (only by the member names of the layout, so a stray ``../x.jpg`` is
-never opened), decoded at reduced size where the photo is at least twice the target, center-cropped, resized
-with a box (area) filter and converted to Lab in the OpenCV 8-bit encoding. A photo that cannot be used keeps
-its row, zero-filled, with ``valid = false`` and a reason, so row ``i`` of shard ``s`` is always image
-``s · shard_size + i``. ``n_tags`` and ``n_tokens`` come from the shard's own tag files, read from the tag
-archive and tokenized by the parent process (a fraction of a second per 10,000 images) and handed to the
-worker, so ``lab_shards`` and ``tag_tokens`` depend only on the archives and run in either order, and no
-worker holds the tag archive's million-entry member list. Shards are the unit of work: a process pool
-converts several at once.
+Photos are read by image id from the dataset kind's photo source (for the zip kinds, straight from the zips,
+only by the member names of the layout, so a stray ``../x.jpg`` is never opened), decoded at reduced size
+where the photo is at least twice the target, center-cropped, resized with a box (area) filter and
+converted to Lab in the OpenCV 8-bit encoding. A photo that cannot be used keeps its row, zero-filled, with
+``valid = false`` and a reason, so row ``i`` of shard ``s`` is always image ``s · shard_size + i``.
+``n_tags`` and ``n_tokens`` come from the shard's own tag files, read from the tag source and tokenized by
+the parent process (a fraction of a second per 10,000 images) and handed to the worker, so ``lab_shards``
+and ``tag_tokens`` depend only on the archives and run in either order, and no worker holds the tag
+archive's million-entry member list. Shards are the unit of work: a process pool converts several at once.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import math
 import multiprocessing
 import os
 import time
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import ExitStack
@@ -33,18 +32,14 @@ from PIL import Image
 
 from pipeline.core.color import colorfulness, rgb_to_lab_u8
 from pipeline.core.files import atomic_path
-from pipeline.core.layout import DatasetPaths
+from pipeline.core.layout import DatasetPaths, shard_problems
 from pipeline.core.vocabulary import load_tag_encoding
-from pipeline.datasets import DatasetSpec
-from pipeline.sources.members import count_unsafe_members
-from pipeline.tokens import UNREADABLE_MEMBER_ERRORS, tag_counts
+from pipeline.sources.base import BAD_MEMBER, MISSING, TOO_LARGE, DatasetSpec, PhotoUnavailable
+from pipeline.tokens import tag_counts
 
-MISSING = "missing"
 EMPTY = "empty"
 TRUNCATED = "truncated"
 UNDECODABLE = "undecodable"
-TOO_LARGE = "too_large"
-BAD_MEMBER = "bad_member"
 INVALID_REASONS = (MISSING, EMPTY, TRUNCATED, UNDECODABLE, TOO_LARGE, BAD_MEMBER)
 """Why a row is not valid: no such member, zero bytes, cut short, not an image Pillow reads, over the size
 limits, or a zip member that cannot be read (bad CRC, encrypted, unknown compression)."""
@@ -56,8 +51,8 @@ CMYK = "cmyk"
 """Counted, still valid: a photo stored in CMYK (print workflows), converted to RGB."""
 
 UNSAFE_MEMBERS = "unsafe_members"
-"""Counted: image archive members whose names would leave the extraction directory; never read (the tag
-archive's are counted by ``tag_tokens``)."""
+"""Counted: entries of the photo source whose names would leave the extraction directory; never read (the tag
+source's are counted by ``tag_tokens``)."""
 
 COUNTED = (*INVALID_REASONS, NOT_JPEG, CMYK, UNSAFE_MEMBERS)
 
@@ -66,9 +61,6 @@ IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 
 JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 """Pillow opens camera JPEGs that carry an MP extension as ``MPO``; they are JPEGs all the same."""
-
-MAX_MEMBER_BYTES = 64 << 20
-"""A Flickr photo is ~100 KB; a member declaring more than this is refused before it is inflated."""
 
 GRAYSCALE_CHROMA = 3.0
 """Mean chroma √(a² + b²) below which a photo counts as greyscale, in encoded levels (= CIE a*, b* units).
@@ -100,16 +92,6 @@ ROWS_SCHEMA = pa.schema(
         ("n_tokens", pa.int32()),
     ]
 )
-
-
-class ImageDecodeError(ValueError):
-    """A photo that yields no row; ``reason`` is one of :data:`INVALID_REASONS`, the size is 0 when unknown."""
-
-    def __init__(self, reason: str, width: int = 0, height: int = 0) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.width = width
-        self.height = height
 
 
 @dataclass(frozen=True)
@@ -173,18 +155,18 @@ def decode_to_lab(data: bytes, size: int) -> DecodedImage:
     files are refused, never completed with grey: Pillow's ``LOAD_TRUNCATED_IMAGES`` stays off.
     """
     if not data:
-        raise ImageDecodeError(EMPTY)
+        raise PhotoUnavailable(EMPTY)
     try:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except _DECODE_ERRORS as error:
-        raise ImageDecodeError(_reason(error)) from error
+        raise PhotoUnavailable(_reason(error)) from error
     with image:
         width, height = image.size
         try:
             image.draft("RGB", (size, size))
             rgb = _square_rgb(image, size)
         except _DECODE_ERRORS as error:
-            raise ImageDecodeError(_reason(error), width, height) from error
+            raise PhotoUnavailable(_reason(error), width, height) from error
         return DecodedImage(
             lab=rgb_to_lab_u8(rgb), rgb=rgb, width=width, height=height, format=str(image.format), mode=image.mode
         )
@@ -197,20 +179,6 @@ def mean_chroma(lab: np.ndarray) -> float:
     """
     _, a, b = cv2.split(lab)
     return float(cv2.magnitude(a.astype(np.float32) - 128.0, b.astype(np.float32) - 128.0).mean())
-
-
-def _read_member(archive: zipfile.ZipFile, name: str) -> bytes:
-    """The bytes of member ``name``; :class:`ImageDecodeError` when it is absent, too large or unreadable."""
-    try:
-        info = archive.getinfo(name)
-    except KeyError as error:
-        raise ImageDecodeError(MISSING) from error
-    if info.file_size > MAX_MEMBER_BYTES:
-        raise ImageDecodeError(TOO_LARGE)
-    try:
-        return archive.read(info)
-    except UNREADABLE_MEMBER_ERRORS as error:
-        raise ImageDecodeError(BAD_MEMBER) from error
 
 
 @dataclass(frozen=True)
@@ -226,31 +194,9 @@ class ShardResult:
     mean_colorfulness: float
     seconds: float
 
-
-class _Archives:
-    """The dataset's zips, each opened on first use and closed with the stack."""
-
-    def __init__(self, paths: DatasetPaths, stack: ExitStack) -> None:
-        self._paths = paths
-        self._stack = stack
-        self._open: dict[str, zipfile.ZipFile] = {}
-
-    def __getitem__(self, name: str) -> zipfile.ZipFile:
-        if name not in self._open:
-            path = self._paths.archive(name)
-            if not path.is_file():
-                raise FileNotFoundError(f"archive {path} not found; materialize it first")
-            self._open[name] = self._stack.enter_context(zipfile.ZipFile(path))
-        return self._open[name]
-
-
-def _owned_archives(spec: DatasetSpec, ids: range) -> list[str]:
-    """Image archives whose unsafe members this shard reports: those whose first photo it holds, so that
-    converting every shard counts each archive exactly once."""
-    layout = spec.layout
-    return list(
-        dict.fromkeys(layout.archive_of(i) for i in ids if i == 0 or layout.archive_of(i - 1) != layout.archive_of(i))
-    )
+    @property
+    def summary(self) -> str:
+        return f"shard {self.shard:03d}: {self.n_valid}/{self.n_images} valid in {self.seconds:.1f} s"
 
 
 def _row_windows(path: Path, shape: tuple[int, ...]) -> Iterator[tuple[int, np.ndarray]]:
@@ -282,10 +228,9 @@ def shard_tag_counts(
 ) -> Iterator[tuple[int, TagCounts]]:
     """Yield each shard's :class:`TagCounts`, reading the tag archive once for all of them."""
     encoding = load_tag_encoding(vocabulary_dir)
-    with ExitStack() as stack:
-        archive = _Archives(paths, stack)[spec.layout.tags_archive]
+    with spec.open_tags(paths) as tags:
         for shard in shards:
-            yield shard, TagCounts(*tag_counts(archive, spec.layout, spec.shard_ids(shard), encoding))
+            yield shard, TagCounts(*tag_counts(tags, spec.shard_ids(shard), encoding))
 
 
 def convert_shard(spec: DatasetSpec, paths: DatasetPaths, shard: int, counts: TagCounts) -> ShardResult:
@@ -307,18 +252,16 @@ def convert_shard(spec: DatasetSpec, paths: DatasetPaths, shard: int, counts: Ta
     if not len(counts.n_tags) == len(counts.n_tokens) == n:
         raise ValueError(f"shard {shard}: tag counts for {len(counts.n_tags)} images, the shard holds {n}")
     with ExitStack() as stack:
-        archives = _Archives(paths, stack)
-        for name in _owned_archives(spec, ids):
-            reasons[UNSAFE_MEMBERS] += count_unsafe_members(archives[name])
+        photos = stack.enter_context(spec.open_photos(paths))
+        reasons[UNSAFE_MEMBERS] += photos.unsafe_entries(ids)
         shard_tmp = stack.enter_context(atomic_path(paths.shard(shard), suffix=".npy"))
         rows_tmp = stack.enter_context(atomic_path(paths.shard_rows(shard), suffix=".parquet"))
         for start, window in _row_windows(shard_tmp, (n, size, size, 3)):
             for row in range(start, start + len(window)):
                 image_id = ids[row]
                 try:
-                    data = _read_member(archives[spec.layout.archive_of(image_id)], spec.layout.image_member(image_id))
-                    image = decode_to_lab(data, size)
-                except ImageDecodeError as error:
+                    image = decode_to_lab(photos.read(image_id), size)
+                except PhotoUnavailable as error:
                     reasons[error.reason] += 1
                     reason[row] = error.reason
                     dims[row] = error.width, error.height
@@ -400,3 +343,47 @@ def convert_shards(
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     return [results[shard] for shard in order]
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    """Shards converted in one run and the contract violations found in what they wrote."""
+
+    shards: list[ShardResult]
+    problems: list[str]
+    shards_dir: Path
+
+    @property
+    def metadata(self) -> dict[str, object]:
+        reasons: dict[str, int] = dict.fromkeys(COUNTED, 0)
+        for result in self.shards:
+            for reason, count in result.reasons.items():
+                reasons[reason] += count
+        n_images = sum(r.n_images for r in self.shards)
+        return {
+            "shards": ", ".join(f"{r.shard:03d}" for r in self.shards),
+            "images": n_images,
+            "valid": sum(r.n_valid for r in self.shards),
+            "grayscale": sum(r.n_grayscale for r in self.shards),
+            "images_per_s": n_images / max(sum(r.seconds for r in self.shards), 1e-9),
+            **{f"count/{reason}": count for reason, count in sorted(reasons.items())},
+            "path": self.shards_dir,
+        }
+
+
+def prepare_shards(
+    spec: DatasetSpec,
+    paths: DatasetPaths,
+    shards: Sequence[int],
+    vocabulary_dir: Path,
+    workers: int | None = None,
+    progress: Callable[[ShardResult], None] | None = None,
+) -> ConversionResult:
+    """Convert ``shards`` (see :func:`convert_shards`) and check each one written against the shard contract."""
+    results = convert_shards(spec, paths, shards, vocabulary_dir, workers=workers, progress=progress)
+    problems = [
+        problem
+        for result in results
+        for problem in shard_problems(paths, result.shard, spec.shard_ids(result.shard), spec.image_size)
+    ]
+    return ConversionResult(shards=results, problems=problems, shards_dir=paths.shards)

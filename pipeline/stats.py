@@ -33,6 +33,7 @@ from pipeline.core.contract import (
 )
 from pipeline.core.files import atomic_path
 from pipeline.core.layout import DatasetPaths, read_images_table
+from pipeline.core.render import Markdown
 from pipeline.report import write_report
 
 CHANNELS = ("L", "a", "b")
@@ -44,6 +45,8 @@ PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 TOP_TAGS = 1000
 """Rows kept in ``top_tags.parquet``; the long tail only matters through ``tag_summary``."""
 METADATA_ROWS = 20
+PREVIEW_CHARS = 20_000
+"""The UI shows the report's first characters; the whole report is a file."""
 
 _EXACT_PIXELS = 2**24
 """``cv2.calcHist`` counts in float32, exact up to 2²⁴: one call never sees more pixels than that."""
@@ -60,6 +63,18 @@ class DataStatsResult:
     plot_paths: dict[str, Path]
     seconds: float
     bytes_scanned: int
+
+    @property
+    def metadata(self) -> dict[str, object]:
+        """The report (a path and its text, for the UI's preview), every figure and the small tables."""
+        return {
+            "report": self.report_path,
+            "preview": Markdown(self.report_path.read_text()[:PREVIEW_CHARS]),
+            **self.figures,
+            **{f"table/{name}": frame for name, frame in self.tables.items()},
+            "seconds": self.seconds,
+            "gb_scanned": self.bytes_scanned / 1e9,
+        }
 
 
 def channel_histograms(shard_path: Path, valid_rows: np.ndarray, chunk: int = 256) -> np.ndarray:
@@ -288,7 +303,10 @@ def tag_tables(tags_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
 def compute_data_stats(
     paths: DatasetPaths, n_shards: int, decode_token: Callable[[int], str], workers: int = 1
 ) -> DataStatsResult:
-    """Compute every table, write them with ``data_stats.md`` and the plots under ``paths.stats``."""
+    """Compute every table, write them with ``data_stats.md`` and the plots under ``paths.stats``.
+
+    ``decode_token`` gives a token id's text (:func:`pipeline.core.vocabulary.token_text`).
+    """
     began = time.perf_counter()
     images = read_images_table(paths)
     present = set(images["shard"].unique().tolist())

@@ -6,8 +6,6 @@ Tags are the tag file's non-empty stripped lines; their text is tokenized by :mo
 from __future__ import annotations
 
 import time
-import zipfile
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +19,7 @@ from pipeline.core.contract import PAD_ID, TOKENS_PER_IMAGE, VOCAB_SIZE_WITH_PAD
 from pipeline.core.files import atomic_path
 from pipeline.core.layout import DatasetPaths
 from pipeline.core.vocabulary import encode_tags, tag_text
-from pipeline.datasets import DatasetSpec
-from pipeline.sources.layouts import ArchiveLayout
-from pipeline.sources.members import count_unsafe_members
+from pipeline.sources.base import DatasetSpec, TagFileUnreadable, TagSource
 
 CHUNK_SIZE = 50_000
 
@@ -70,39 +66,28 @@ class TagBatch:
     unreadable: int = 0
 
 
-UNREADABLE_MEMBER_ERRORS = (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, OSError, zlib.error)
-"""What reading a damaged, encrypted or oddly compressed zip member raises."""
-
-
-def read_tags(archive: zipfile.ZipFile, layout: ArchiveLayout, ids: Sequence[int]) -> TagBatch:
-    """Read the tag file of each id by the layout's member name; a missing or unreadable member gives no tags.
-
-    Only the layout's names are ever looked up, so stray members (``../evil.txt``) are never touched.
-    """
+def read_tags(files: TagSource, ids: Sequence[int]) -> TagBatch:
+    """Read the tag file of each id; a missing or unreadable file gives no tags (and is counted)."""
     tags: list[list[str]] = []
     missing = invalid = unreadable = 0
     for image_id in ids:
         try:
-            raw = archive.read(layout.tag_member(image_id))
-        except KeyError:
-            tags.append([])
-            missing += 1
-            continue
-        except UNREADABLE_MEMBER_ERRORS:
-            tags.append([])
+            raw = files.read(image_id)
+        except TagFileUnreadable:
+            raw = b""
             unreadable += 1
-            continue
+        if raw is None:
+            raw = b""
+            missing += 1
         parsed, bad = parse_tag_file(raw)
         tags.append(parsed)
         invalid += bad
     return TagBatch(tags=tags, missing=missing, invalid_utf8=invalid, unreadable=unreadable)
 
 
-def tag_counts(
-    archive: zipfile.ZipFile, layout: ArchiveLayout, ids: Sequence[int], encoding: tiktoken.Encoding
-) -> tuple[np.ndarray, np.ndarray]:
+def tag_counts(files: TagSource, ids: Sequence[int], encoding: tiktoken.Encoding) -> tuple[np.ndarray, np.ndarray]:
     """``n_tags`` and ``n_tokens`` (before truncation to 20) of images ``ids``, int32 each."""
-    batch = read_tags(archive, layout, ids)
+    batch = read_tags(files, ids)
     _, n_tokens = encode_tags([tag_text(tags) for tags in batch.tags], encoding, num_threads=1)
     return np.fromiter(map(len, batch.tags), dtype=np.int32, count=len(batch.tags)), n_tokens
 
@@ -125,6 +110,21 @@ class TagTokensResult:
     tokens_path: Path
     tags_path: Path
 
+    @property
+    def metadata(self) -> dict[str, object]:
+        return {
+            "path": self.tokens_path,
+            "images": self.n_images,
+            "missing_tag_files": self.missing,
+            "invalid_utf8": self.invalid_utf8,
+            "unreadable_tag_files": self.unreadable,
+            "without_tags": self.empty,
+            "truncated": self.truncated,
+            "unsafe_members": self.unsafe_members,
+            "distinct_tokens": self.distinct_tokens,
+            "seconds": self.seconds,
+        }
+
 
 def build_tag_tokens(
     spec: DatasetSpec,
@@ -141,23 +141,20 @@ def build_tag_tokens(
     ``progress(done, total)`` is called after each chunk.
     """
     started = time.perf_counter()
-    archive_path = paths.archive(spec.layout.tags_archive)
-    if not archive_path.is_file():
-        raise FileNotFoundError(f"tag archive {archive_path} not found; materialize tags_archive first")
     n = spec.n_images
     missing = invalid = unreadable = empty = truncated = 0
     seen = np.zeros(VOCAB_SIZE_WITH_PAD, dtype=bool)
     with (
-        zipfile.ZipFile(archive_path) as archive,
+        spec.open_tags(paths) as files,
         atomic_path(paths.tags_table, suffix=".parquet") as table_tmp,
         atomic_path(paths.tokens, suffix=".npy") as tokens_tmp,
     ):
-        unsafe = count_unsafe_members(archive)
+        unsafe = files.unsafe_entries()
         out = np.lib.format.open_memmap(tokens_tmp, mode="w+", dtype=np.int32, shape=(n, TOKENS_PER_IMAGE))
         with pq.ParquetWriter(table_tmp, TAGS_SCHEMA) as writer:
             for start in range(0, n, chunk_size):
                 ids = range(start, min(start + chunk_size, n))
-                batch = read_tags(archive, spec.layout, ids)
+                batch = read_tags(files, ids)
                 tokens, n_tokens = encode_tags(
                     [tag_text(tags) for tags in batch.tags], encoding, num_threads=num_threads
                 )

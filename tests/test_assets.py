@@ -7,8 +7,8 @@ from pathlib import Path
 import dagster as dg
 
 from pipeline.core.layout import DatasetPaths
-from pipeline.factory import build_dataset_assets
-from pipeline.resources import storage_from_environ
+from pipeline.defs.factory import build_dataset_assets
+from pipeline.defs.resources import storage_from_environ
 from tests.test_convert import BAD, SPEC, UNSAFE, UNSAFE_TAGS, photos, write_raw
 
 

@@ -18,7 +18,6 @@ from skimage.color import rgb2lab
 
 import pipeline.convert as convert
 from pipeline.convert import (
-    ImageDecodeError,
     ShardResult,
     convert_shard,
     convert_shards,
@@ -29,12 +28,13 @@ from pipeline.core.color import colorfulness
 from pipeline.core.layout import DatasetPaths, read_images_table
 from pipeline.core.vocabulary import load_tag_encoding
 from pipeline.datasets import DatasetSpec, load_dataset_spec
-from pipeline.sources.members import is_unsafe_member
+from pipeline.sources import zips
+from pipeline.sources.base import PhotoUnavailable
+from pipeline.sources.zips import is_unsafe_member
 from pipeline.tokens import build_tag_tokens
 
 SIZE = 32
 SPEC = dataclasses.replace(load_dataset_spec("sample"), n_images=12, shard_size=5, image_size=SIZE)
-LAYOUT = SPEC.layout
 SMALL, LARGE, GREY, CMYK, PNG, MISSING, EMPTY, TRUNCATED, CORRUPT, PORTRAIT, NEUTRAL, SEPIA = range(12)
 BAD = {MISSING: "missing", EMPTY: "empty", TRUNCATED: "truncated", CORRUPT: "undecodable"}
 UNSAFE = ("../evil.jpg", "images/0/../../../escape.jpg")
@@ -99,12 +99,12 @@ def write_raw(paths: DatasetPaths, images: dict[int, bytes]) -> None:
     paths.raw.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(paths.archive("images0"), "w") as archive:
         for image_id, data in images.items():
-            archive.writestr(LAYOUT.image_member(image_id), data)
+            archive.writestr(SPEC.image_member(image_id), data)
         for name in UNSAFE:
             archive.writestr(name, images[SMALL])
     with zipfile.ZipFile(paths.archive("tags"), "w") as archive:
         for image_id, (raw, _) in TAGS.items():
-            archive.writestr(LAYOUT.tag_member(image_id), raw)
+            archive.writestr(SPEC.tag_member(image_id), raw)
         for name in UNSAFE_TAGS:
             archive.writestr(name, b"sky\n")
 
@@ -237,7 +237,7 @@ def test_cmyk_png_and_greyscale_are_converted(dataset: tuple[DatasetPaths, list[
 
 
 def test_decode_to_lab_edge_cases(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ImageDecodeError) as error:
+    with pytest.raises(PhotoUnavailable) as error:
         decode_to_lab(b"", SIZE)
     assert (error.value.reason, error.value.width) == ("empty", 0)
     clear = np.zeros((40, 40, 4), dtype=np.uint8)
@@ -247,11 +247,11 @@ def test_decode_to_lab_edge_cases(monkeypatch: pytest.MonkeyPatch) -> None:
     np.testing.assert_array_equal(grey16.rgb[..., 0], deep // 257)
     palette = Image.fromarray(picture(9, 40, 40)).convert("P")
     np.testing.assert_array_equal(decode_to_lab(encoded(palette, "PNG"), 40).rgb, np.asarray(palette.convert("RGB")))
-    with pytest.raises(ImageDecodeError) as error:
+    with pytest.raises(PhotoUnavailable) as error:
         decode_to_lab(encoded(Image.fromarray(picture(10, 40, 40)), "ICO"), SIZE)
     assert error.value.reason == "undecodable"
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    with pytest.raises(ImageDecodeError) as error:
+    with pytest.raises(PhotoUnavailable) as error:
         decode_to_lab(photos()[SMALL], SIZE)
     assert error.value.reason == "too_large"
 
@@ -282,7 +282,7 @@ def test_unsafe_members_are_counted_never_read(
 def test_oversized_and_damaged_members(tmp_path: Path, vocabulary_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     paths = DatasetPaths(tmp_path / "sample")
     write_raw(paths, photos())
-    member = LAYOUT.image_member(SMALL)
+    member = SPEC.image_member(SMALL)
     with zipfile.ZipFile(paths.archive("images0")) as archive:
         info = archive.getinfo(member)
     with paths.archive("images0").open("r+b") as file:
@@ -294,7 +294,7 @@ def test_oversized_and_damaged_members(tmp_path: Path, vocabulary_dir: Path, mon
     assert result.reasons["bad_member"] == 1
     assert read_images_table(paths).set_index("image_id").loc[SMALL, "reason"] == "bad_member"
     assert len(photos()[LARGE]) == max(len(photos()[i]) for i in SPEC.shard_ids(0))
-    monkeypatch.setattr(convert, "MAX_MEMBER_BYTES", len(photos()[LARGE]) - 1)
+    monkeypatch.setattr(zips, "MAX_MEMBER_BYTES", len(photos()[LARGE]) - 1)
     result = convert_one(SPEC, paths, 0, vocabulary_dir)
     assert (result.reasons["too_large"], result.reasons["bad_member"], result.n_valid) == (1, 1, 3)
 
@@ -370,13 +370,13 @@ def test_missing_inputs_are_named(tmp_path: Path, vocabulary_dir: Path) -> None:
     write_raw(paths, photos())
     assert convert_one(SPEC, paths, 0, vocabulary_dir).n_valid == 5, "no tokens.npy or tags.parquet is needed"
     paths.archive("tags").unlink()
-    with pytest.raises(FileNotFoundError, match=r"tags\.zip not found; materialize it first"):
+    with pytest.raises(FileNotFoundError, match=r"tags\.zip not found: materialize sample/tags_archive first"):
         convert_one(SPEC, paths, 1, vocabulary_dir)
-    with pytest.raises(FileNotFoundError, match=r"tags\.zip not found; materialize it first"):
+    with pytest.raises(FileNotFoundError, match=r"tags\.zip not found: materialize sample/tags_archive first"):
         convert_shards(SPEC, paths, [1], vocabulary_dir, workers=1)
     write_raw(paths, photos())
     paths.archive("images0").unlink()
-    with pytest.raises(FileNotFoundError, match=r"images0\.zip not found; materialize it first"):
+    with pytest.raises(FileNotFoundError, match=r"images0\.zip not found: materialize sample/archives first"):
         convert_one(SPEC, paths, 0, vocabulary_dir)
     counts = convert.TagCounts(np.zeros(4, np.int32), np.zeros(4, np.int32))
     with pytest.raises(ValueError, match="tag counts for 4 images, the shard holds 5"):
@@ -410,8 +410,8 @@ def test_mirflickr25k_layout_reads_photos_and_tags_from_one_archive(tmp_path: Pa
     paths.raw.mkdir(parents=True)
     with zipfile.ZipFile(paths.archive("mirflickr25k"), "w") as archive:
         for image_id in range(3):
-            archive.writestr(spec.layout.image_member(image_id), photos()[SMALL])
-            archive.writestr(spec.layout.tag_member(image_id), "sky\n" * image_id)
+            archive.writestr(spec.image_member(image_id), photos()[SMALL])
+            archive.writestr(spec.tag_member(image_id), "sky\n" * image_id)
         archive.writestr("../evil.jpg", photos()[SMALL])
     results = [convert_one(spec, paths, shard, vocabulary_dir) for shard in range(spec.n_shards)]
     assert [(r.n_images, r.n_valid, r.reasons["unsafe_members"]) for r in results] == [(2, 2, 1), (1, 1, 0)]

@@ -13,12 +13,15 @@ import pytest
 from pipeline.core.config import ConfigError
 from pipeline.core.contract import token_problems
 from pipeline.core.layout import DatasetPaths, alignment_problems
-from pipeline.datasets import CONFIG_DIR, DATASETS, load_dataset_spec
-from pipeline.definitions import build_definitions
-from pipeline.factory import ColorizerConfig, build_dataset_assets, train_config_path, training_command
-from pipeline.resources import storage_from_environ
+from pipeline.datasets import CONFIG_DIR, load_dataset_spec, load_dataset_specs
+from pipeline.defs.definitions import build_definitions
+from pipeline.defs.factory import build_dataset_assets
+from pipeline.defs.resources import storage_from_environ
+from pipeline.defs.training import ColorizerConfig, train_config_path, training_command
 
 ASSETS = ("archives", "tags_archive", "lab_shards", "tag_tokens", "data_stats", "colorizer", "evaluation")
+
+DATASETS = tuple(load_dataset_specs())
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +100,25 @@ def test_instance_settings_limit_gpu_work_to_one_at_a_time(tmp_path) -> None:
     assert concurrency.run_queue_config.tag_concurrency_limits == [{"key": "tagcolor/gpu", "value": "true", "limit": 1}]
 
 
-def test_training_command_uses_torchrun_for_several_gpus(tmp_path) -> None:
-    single = training_command(ColorizerConfig(train_config="ci", gpus=1), tmp_path, "run")
-    assert single[1:3] == ["-m", "model.train"]
-    assert f"data_root={tmp_path}" in single and "run_name=run" in single
-    multi = training_command(ColorizerConfig(train_config="ci", gpus=8), tmp_path, "run")
-    assert "torch.distributed.run" in multi and "--nproc-per-node=8" in multi
+def test_training_command_runs_the_dataset_preset_unless_told_otherwise(tmp_path) -> None:
+    sample = load_dataset_spec("sample")
+    default = training_command(sample, ColorizerConfig(), tmp_path)
+    assert default[1:5] == ["-m", "model.train", "--config", str(CONFIG_DIR / "train" / "sample_demo.yaml")]
+    assert default[5:] == [f"data_root={tmp_path}"], "the run is named after its preset, as a standalone run is"
+    chosen = training_command(
+        sample, ColorizerConfig(train_config="ci", run_name="run", overrides=["gpus=2"]), tmp_path
+    )
+    assert chosen[3:] == [
+        "--config",
+        str(CONFIG_DIR / "train" / "ci.yaml"),
+        f"data_root={tmp_path}",
+        "run_name=run",
+        "gpus=2",
+    ]
+    bare = dataclasses.replace(sample, train_config="")
+    assert training_command(bare, ColorizerConfig(), tmp_path)[3:] == [f"data_root={tmp_path}"], (
+        "TrainConfig's defaults"
+    )
     with pytest.raises(dg.Failure, match="available"):
         train_config_path("no_such_config")
 
@@ -112,12 +128,11 @@ def test_storage_reads_the_environment(tmp_path) -> None:
         {"TAGCOLOR_DATA_DIR": str(tmp_path), "TAGCOLOR_MIRFLICKR1M_URL": "file:///mirror/", "TIKTOKEN_CACHE_DIR": "/v"}
     )
     assert storage.paths("sample").root == tmp_path.resolve() / "sample"
-    assert storage.url_overrides == {"mirflickr1m": "file:///mirror/"}
+    assert storage.url_overrides == {"TAGCOLOR_MIRFLICKR1M_URL": "file:///mirror/"}
     assert str(storage.vocabulary_dir) == "/v"
     assert storage.base_url(load_dataset_spec("mirflickr1m")) == "file:///mirror/"
     assert storage.base_url(load_dataset_spec("mirflickr25k")).startswith("https://")
-    with pytest.raises(ConfigError, match="base_url"):
-        storage.base_url(load_dataset_spec("sample"))
+    assert storage.base_url(load_dataset_spec("sample")) is None, "the sample is drawn, not downloaded"
     with pytest.raises(ConfigError, match=r"TAGCOLOR_MIRFLICKR25K_URL: .*'ftp'"):
         storage_from_environ({"TAGCOLOR_MIRFLICKR25K_URL": "ftp://mirror/"})
 
@@ -161,7 +176,7 @@ def test_evaluation_scores_the_run_the_colorizer_last_trained(tmp_path) -> None:
     env = {"TAGCOLOR_DATA_DIR": str(tmp_path)}
     runs = tmp_path.resolve() / "sample" / "runs"
     instance = dg.DagsterInstance.ephemeral()
-    with pytest.raises(dg.Failure, match=f"no checkpoint at {runs / 'sample' / 'latest.pt'}"):
+    with pytest.raises(dg.Failure, match=f"no run under {runs}"):
         materialize("sample/evaluation", env, instance=instance)
     colorizer = dg.AssetMaterialization(["sample", "colorizer"], metadata={"run_dir": str(runs / "second")})
     instance.report_runless_asset_event(colorizer)
@@ -169,7 +184,7 @@ def test_evaluation_scores_the_run_the_colorizer_last_trained(tmp_path) -> None:
         materialize("sample/evaluation", env, instance=instance)
     escape = dg.AssetMaterialization(["sample", "colorizer"], metadata={"run_dir": str(tmp_path / "elsewhere")})
     instance.report_runless_asset_event(escape)
-    with pytest.raises(ConfigError, match="outside the data root"):
+    with pytest.raises(dg.Failure, match="outside the data root"):
         materialize("sample/evaluation", env, instance=instance)
 
 

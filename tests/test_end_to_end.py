@@ -24,15 +24,15 @@ from tests.test_stats import assert_report_matches_tables
 def test_sample_graph_end_to_end(tmp_path: Path, vocabulary_dir: Path) -> None:
     data = tmp_path / "data"
     env = os.environ | {"TIKTOKEN_CACHE_DIR": str(vocabulary_dir), "DAGSTER_HOME": str(tmp_path / "home")}
-    bin_dagster = Path(sys.prefix) / "bin" / "dagster"
+    bin_dg = Path(sys.prefix) / "bin" / "dg"
     command = [
         "make",
         "-o",
-        str(bin_dagster),
+        str(bin_dg),
         "demo",
         f"VENV={sys.prefix}",
         f"DATA={data}",
-        "SAMPLE_RUN_CONFIG=assets_config/runs/sample_ci.yaml",
+        "COLORIZER_CONFIG=assets_config/runs/sample_ci.yaml",
         f"COLLAGE_COPY={tmp_path / 'docs' / 'collage.png'}",
     ]
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500)
@@ -51,7 +51,7 @@ def test_sample_graph_end_to_end(tmp_path: Path, vocabulary_dir: Path) -> None:
 
     assert_report_matches_tables(root / "stats")
 
-    run = root / "runs" / "sample"
+    run = root / "runs" / "ci"
     assert (run / "latest.pt").is_file() and (run / "config.yaml").is_file()
     assert len(pd.read_parquet(run / "metrics.parquet")) > 0
 

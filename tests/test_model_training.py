@@ -466,10 +466,10 @@ def sample_dataset(root: Path, vocabulary_dir: Path, n_images: int, shard_size: 
     """The synthetic sample's scenes and tags, center-cropped and resized to ``size``, in the data contract."""
     from pipeline.core.vocabulary import encode_tags, load_tag_encoding, tag_text
     from pipeline.datasets import load_dataset_spec
-    from pipeline.sources.sample import sample_image, sample_tags
+    from pipeline.sources.synthetic import sample_image, sample_tags
 
     spec = load_dataset_spec("sample")
-    spec = replace(spec, n_images=n_images, sample=replace(spec.sample, width=4 * size // 2, height=3 * size // 2))
+    spec = replace(spec, n_images=n_images, width=4 * size // 2, height=3 * size // 2)
     photos = []
     for image_id in range(n_images):
         rgb = sample_image(spec, image_id)

@@ -14,11 +14,12 @@ import pytest
 
 from pipeline.core.color import rgb_to_lab_u8
 from pipeline.core.config import ConfigError
-from pipeline.datasets import DatasetSpec, SampleSpec, load_dataset_spec
-from pipeline.sources.sample import (
+from pipeline.core.layout import DatasetPaths
+from pipeline.datasets import load_dataset_spec
+from pipeline.sources.synthetic import (
     COLOURS,
     FOREGROUND_L,
-    archive_ids,
+    Spec,
     render_scene,
     sample_image,
     sample_tags,
@@ -31,10 +32,8 @@ WIDTH, HEIGHT = 96, 64
 GREY_TAGS = {"bw", "blackandwhite"}
 
 
-def small_spec(seed: int = 0, n_images: int = N_IMAGES) -> DatasetSpec:
-    return replace(
-        load_dataset_spec("sample"), n_images=n_images, sample=SampleSpec(seed=seed, width=WIDTH, height=HEIGHT)
-    )
+def small_spec(seed: int = 0, n_images: int = N_IMAGES) -> Spec:
+    return replace(load_dataset_spec("sample"), n_images=n_images, seed=seed, width=WIDTH, height=HEIGHT)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +80,7 @@ def test_archives_are_byte_for_byte_deterministic(archives: tuple[Path, Path], t
 
 def test_members_follow_the_1m_layout_and_decode(archives: tuple[Path, Path]) -> None:
     images, tags = archives
-    layout = small_spec().layout
+    layout = small_spec()
     with zipfile.ZipFile(images) as archive:
         infos = archive.infolist()
         assert [info.filename for info in infos] == [layout.image_member(i) for i in range(N_IMAGES)]
@@ -109,7 +108,7 @@ def test_colour_tag_names_the_foreground_colour(archives: tuple[Path, Path]) -> 
             if not colours:
                 continue
             assert len(colours) == 1
-            lab = rgb_to_lab_u8(decode(archive.read(spec.layout.image_member(image_id))))
+            lab = rgb_to_lab_u8(decode(archive.read(spec.image_member(image_id))))
             chromatic = chroma_of(lab) > 10
             assert 0.3 < chromatic.mean() < 0.75
             mean_ab = lab[chromatic][:, 1:].astype(np.float32).mean(axis=0) - 128
@@ -179,15 +178,10 @@ def test_photos_depend_only_on_seed_and_id() -> None:
 def test_second_image_archive_holds_ids_from_100000(tmp_path: Path) -> None:
     spec = small_spec(n_images=100_004)
     assert spec.archives() == ["images0", "images1"]
-    assert archive_ids(spec, "images0") == range(100_000)
+    assert spec.archive_ids("images0") == range(100_000)
     assert write_image_archive(spec, "images1", tmp_path / "images1.zip") == 4
     with zipfile.ZipFile(tmp_path / "images1.zip") as archive:
         assert archive.namelist() == [f"images/10/{i}.jpg" for i in range(100_000, 100_004)]
     with pytest.raises(ConfigError, match="images2"):
-        archive_ids(spec, "images2")
-
-
-def test_downloaded_datasets_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="sample"):
-        write_tags_archive(load_dataset_spec("mirflickr25k"), tmp_path / "tags.zip")
-    assert not list(tmp_path.iterdir())
+        spec.obtain("images2", DatasetPaths(tmp_path / "sample"), None, print)
+    assert not (tmp_path / "sample").exists(), "nothing is written for an archive the dataset does not have"

@@ -30,8 +30,8 @@ from pipeline.core.vocabulary import (
     tag_text,
     tiktoken_cache_dir,
 )
-from pipeline.datasets import DatasetSpec, SampleSpec
-from pipeline.sources.layouts import ArchiveLayout
+from pipeline.sources import mirflickr1m, mirflickr25k
+from pipeline.sources.base import DatasetSpec
 from pipeline.tokens import build_tag_tokens, parse_tag_file, read_tags
 
 
@@ -301,16 +301,15 @@ def write_zip(path: Path, members: dict[str, bytes]) -> None:
             archive.writestr(name, data)
 
 
-def sample_spec(n_images: int, layout: str = "mirflickr1m") -> DatasetSpec:
-    return DatasetSpec(
-        name="sample", layout=ArchiveLayout(layout), n_images=n_images, shard_size=5, sample=SampleSpec()
-    )
+def sample_spec(n_images: int, kind: str = "mirflickr1m") -> DatasetSpec:
+    spec = {"mirflickr1m": mirflickr1m.Spec, "mirflickr25k": mirflickr25k.Spec}[kind]
+    return spec(name="sample", n_images=n_images, shard_size=5, base_url="http://mirror/")
 
 
 @pytest.fixture
 def tags_1m(tmp_path: Path) -> DatasetPaths:
     paths = DatasetPaths(tmp_path / "data" / "sample")
-    layout = ArchiveLayout("mirflickr1m")
+    layout = sample_spec(10)
     members = {layout.tag_member(i): raw for i, raw in TAGS_1M.items() if raw is not None}
     members["../evil.txt"] = b"evil"
     members["/etc/evil.txt"] = b"evil"
@@ -320,8 +319,8 @@ def tags_1m(tmp_path: Path) -> DatasetPaths:
 
 
 def test_read_tags_counts_missing_and_invalid(tags_1m: DatasetPaths) -> None:
-    with zipfile.ZipFile(tags_1m.archive("tags")) as archive:
-        batch = read_tags(archive, ArchiveLayout("mirflickr1m"), range(10))
+    with sample_spec(10).open_tags(tags_1m) as files:
+        batch = read_tags(files, range(10))
     assert batch.tags == [EXPECTED_1M[i] for i in range(10)]
     assert (batch.missing, batch.invalid_utf8) == (1, 1)
 
@@ -392,7 +391,7 @@ def test_build_tag_tokens_25k_layout(tmp_path: Path, encoding: tiktoken.Encoding
 
 def test_damaged_tag_member_counts_as_unreadable(tmp_path: Path, encoding: tiktoken.Encoding) -> None:
     paths = DatasetPaths(tmp_path / "sample")
-    layout = ArchiveLayout("mirflickr1m")
+    layout = sample_spec(2)
     write_zip(paths.archive("tags"), {layout.tag_member(0): b"sky\n", layout.tag_member(1): b"damagedtag\n"})
     data = paths.archive("tags").read_bytes()
     paths.archive("tags").write_bytes(data.replace(b"damagedtag", b"damagedtaX"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from pipeline.datasets import DATASETS
+from pipeline.datasets import load_dataset_specs
 from tests.conftest import REPO_ROOT
 
 QUERY = """
@@ -34,6 +34,8 @@ QUERY = """
   }
 }
 """
+
+DATASETS = tuple(load_dataset_specs())
 
 
 def free_port() -> int:

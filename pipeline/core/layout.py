@@ -72,6 +72,11 @@ class DatasetPaths:
     def shard_rows(self, shard: int) -> Path:
         return self.images_table / f"{shard:03d}.parquet"
 
+    def latest_run(self) -> Path | None:
+        """The run directory whose ``latest.pt`` was written last, if any run has one."""
+        checkpoints = sorted(self.runs.glob("*/latest.pt"), key=lambda path: path.stat().st_mtime_ns)
+        return checkpoints[-1].parent if checkpoints else None
+
     def inside(self, path: Path) -> Path:
         """Resolve ``path`` and refuse it unless it lies below the dataset root."""
         resolved = path.resolve()

@@ -84,7 +84,11 @@ class CollageLayout:
         return x, y + self.tile + self.margin // 4
 
 
-def preview_markdown(path: Path, title: str, width: int = 640) -> str:
+class Markdown(str):
+    """Text meant to be rendered as Markdown (the Dagster layer shows it as such)."""
+
+
+def preview_markdown(path: Path, title: str, width: int = 640) -> Markdown:
     """Markdown that shows the PNG at ``path`` inline: a JPEG copy at most ``width`` wide, as a data URI.
 
     The Dagster UI renders Markdown metadata in the browser, where a file path on the server would not load.
@@ -94,7 +98,7 @@ def preview_markdown(path: Path, title: str, width: int = 640) -> str:
         small = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale)), Image.BOX)
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=80)
-    return f"![{title}](data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+    return Markdown(f"![{title}](data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()})")
 
 
 def fit_text(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> str:

@@ -248,3 +248,8 @@ def encode_tags(
     tokens = np.full((len(encoded), TOKENS_PER_IMAGE), PAD_ID, dtype=np.int32)
     tokens[np.arange(TOKENS_PER_IMAGE) < kept[:, None]] = flat
     return tokens, n_tokens.astype(np.int32)
+
+
+def token_text(encoding: tiktoken.Encoding) -> Callable[[int], str]:
+    """A token id's text; bytes that are not UTF-8 on their own (part of a character) show as escapes."""
+    return lambda token: encoding.decode_single_token_bytes(token).decode("utf-8", "backslashreplace")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
+from pipeline.core.render import Markdown
 from pipeline.sources.download import DownloadProgress
 
 _COLUMN_TYPES = {"i": "int", "u": "int", "f": "float", "b": "bool"}
@@ -48,6 +50,32 @@ def numbers(figures: dict[str, float | int]) -> dict[str, dg.MetadataValue]:
         elif math.isfinite(float(value)):
             out[key] = dg.MetadataValue.float(float(value))
     return out
+
+
+def to_metadata(values: Mapping[str, object]) -> dict[str, dg.MetadataValue]:
+    """A plain result's figures as Dagster metadata: paths, Markdown, tables, numbers and text.
+
+    Numbers become plottable entries; a non-finite one is left out (see :func:`numbers`).
+    """
+    out: dict[str, dg.MetadataValue] = {}
+    for key, value in values.items():
+        if isinstance(value, Path):
+            out[key] = dg.MetadataValue.path(str(value))
+        elif isinstance(value, Markdown):
+            out[key] = dg.MetadataValue.md(value)
+        elif isinstance(value, pd.DataFrame):
+            out[key] = table(value)
+        elif isinstance(value, str):
+            out[key] = dg.MetadataValue.text(value)
+        else:
+            out |= numbers({key: value})
+    return out
+
+
+def check_result(problems: str | list[str], check_name: str | None = None) -> dg.AssetCheckResult:
+    """A contract check's outcome: passed when there are no problems, which are listed otherwise."""
+    text = problems if isinstance(problems, str) else "; ".join(problems)
+    return dg.AssetCheckResult(check_name=check_name, passed=not text, metadata={"problems": text or "none"})
 
 
 def byte_progress_logger(log: dg.DagsterLogManager, label: str) -> Callable[[DownloadProgress], None]:

@@ -1,8 +1,7 @@
 """Resources: the one layer that reads the environment and knows where data and archives live."""
 
-from __future__ import annotations
-
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,10 +10,12 @@ import dagster as dg
 from pipeline.core.config import ConfigError
 from pipeline.core.layout import DatasetPaths
 from pipeline.core.vocabulary import tiktoken_cache_dir
-from pipeline.datasets import DatasetSpec
+from pipeline.datasets import DATASETS_DIR, env_var, resolve_repo_path
+from pipeline.sources.base import DatasetSpec
 from pipeline.sources.download import UnsupportedURLError, check_url
 
-URL_ENV = {"mirflickr1m": "TAGCOLOR_MIRFLICKR1M_URL", "mirflickr25k": "TAGCOLOR_MIRFLICKR25K_URL"}
+URL_VARIABLE = re.compile(r"TAGCOLOR_[A-Z0-9_]+_URL")
+"""A dataset's mirror override, ``TAGCOLOR_<NAME>_URL`` (:func:`pipeline.datasets.env_var`)."""
 
 
 class TagcolorStorage(dg.ConfigurableResource):
@@ -23,14 +24,17 @@ class TagcolorStorage(dg.ConfigurableResource):
     data_dir: str = "data"
     tiktoken_cache_dir: str
     url_overrides: dict[str, str] = {}
+    """Mirror URLs by environment variable name."""
 
     def paths(self, dataset: str) -> DatasetPaths:
         return DatasetPaths(Path(self.data_dir).resolve() / dataset)
 
-    def base_url(self, spec: DatasetSpec) -> str:
-        url = self.url_overrides.get(spec.name) or spec.base_url
-        if not url:
-            raise ConfigError(f"dataset {spec.name!r} has no base_url and no {URL_ENV.get(spec.name)} override")
+    def base_url(self, spec: DatasetSpec) -> str | None:
+        """Where the dataset's archives are fetched from: the override, else the YAML's ``base_url``."""
+        variable = env_var(spec.name, "url")
+        url = self.url_overrides.get(variable) or getattr(spec, "base_url", None)
+        if spec.downloaded and not url:
+            raise ConfigError(f"dataset {spec.name!r} has no base_url and no {variable} override")
         return url
 
     @property
@@ -43,14 +47,21 @@ def storage_from_environ(environ: Mapping[str, str] = os.environ) -> TagcolorSto
 
     A mirror URL that could never be fetched is refused here, naming its variable, not at download time.
     """
-    overrides = {name: environ[var] for name, var in URL_ENV.items() if environ.get(var)}
+    overrides = {name: url for name, url in environ.items() if URL_VARIABLE.fullmatch(name) and url}
     for name, url in overrides.items():
         try:
             check_url(url)
         except UnsupportedURLError as error:
-            raise ConfigError(f"{URL_ENV[name]}: {error}") from error
+            raise ConfigError(f"{name}: {error}") from error
     return TagcolorStorage(
         data_dir=environ.get("TAGCOLOR_DATA_DIR", "data"),
         tiktoken_cache_dir=str(tiktoken_cache_dir(environ)),
         url_overrides=overrides,
     )
+
+
+def dataset_dirs_from_environ(environ: Mapping[str, str] = os.environ) -> list[Path]:
+    """Where dataset files are read: ``assets_config/datasets/``, then ``TAGCOLOR_DATASETS_DIR`` when set
+    (a path relative to the repository root, or absolute)."""
+    extra = environ.get("TAGCOLOR_DATASETS_DIR")
+    return [DATASETS_DIR, *([resolve_repo_path(extra)] if extra else [])]

@@ -1,4 +1,4 @@
-"""The embedded synthetic sample: MIRFLICKR-1M-shaped archives drawn from a seed, no network needed.
+"""Kind ``synthetic``: the embedded sample, MIRFLICKR-1M-shaped archives drawn from a seed, no network needed.
 
 Each photo is a synthetic scene (circles, rectangles, triangles, stripes over a textured grey ground) whose
 foreground carries one theme colour named by a tag. Lightness is drawn independently of the colour and every
@@ -12,6 +12,7 @@ and byte-for-byte the same every time.
 from __future__ import annotations
 
 import math
+import time
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,8 +23,11 @@ import numpy as np
 
 from pipeline.core.config import ConfigError
 from pipeline.core.files import atomic_path
-from pipeline.datasets import DatasetSpec, SampleSpec
-from pipeline.sources.layouts import IMAGES_PER_1M_ARCHIVE
+from pipeline.core.layout import DatasetPaths
+from pipeline.sources.base import Progress, SourceResult
+from pipeline.sources.download import verify_archive
+from pipeline.sources.mirflickr1m import Mirflickr1mLayout
+from pipeline.sources.zips import ZipLayoutSpec
 
 COLOURS: dict[str, tuple[float, float]] = {
     "red": (40.0, 19.0),
@@ -86,16 +90,9 @@ class _Plan:
     tags: list[str]
 
 
-def _sample_of(spec: DatasetSpec) -> SampleSpec:
-    """The sample section; refuse a spec that is not a synthetic 1M-layout dataset."""
-    if spec.sample is None or spec.layout.name != "mirflickr1m":
-        raise ConfigError(f"{spec.name}: the synthetic sample needs a 'sample' section and the mirflickr1m layout")
-    return spec.sample
-
-
-def _rng(spec: DatasetSpec, image_id: int, stream: int) -> np.random.Generator:
+def _rng(spec: Spec, image_id: int, stream: int) -> np.random.Generator:
     """A generator owned by one photo, so photos never depend on each other."""
-    return np.random.default_rng([_sample_of(spec).seed, image_id, stream])
+    return np.random.default_rng([spec.seed, image_id, stream])
 
 
 def _insert_early(rng: np.random.Generator, tags: list[str], tag: str) -> None:
@@ -104,7 +101,7 @@ def _insert_early(rng: np.random.Generator, tags: list[str], tag: str) -> None:
     tags.insert(int(rng.integers(0, limit)), tag)
 
 
-def _plan(spec: DatasetSpec, image_id: int) -> _Plan:
+def _plan(spec: Spec, image_id: int) -> _Plan:
     """Draw the photo's colour, shape kinds and tags from its own plan stream."""
     rng = _rng(spec, image_id, _PLAN_STREAM)
     untagged = rng.random() < NO_TAGS_RATE
@@ -124,7 +121,7 @@ def _plan(spec: DatasetSpec, image_id: int) -> _Plan:
     return _Plan(colour=colour, kinds=kinds, tags=[] if untagged else tags)
 
 
-def sample_tags(spec: DatasetSpec, image_id: int) -> list[str]:
+def sample_tags(spec: Spec, image_id: int) -> list[str]:
     """Flickr-like tags of the photo ``image_id``: the colour name, shape names and filler, or nothing."""
     return _plan(spec, image_id).tags
 
@@ -214,11 +211,10 @@ def _layout_shapes(rng: np.random.Generator, kinds: tuple[str, ...], height: int
     return labels
 
 
-def _render(spec: DatasetSpec, image_id: int, kinds: tuple[str, ...], colour: str | None) -> np.ndarray:
+def _render(spec: Spec, image_id: int, kinds: tuple[str, ...], colour: str | None) -> np.ndarray:
     """Draw L and the shapes from the pixel stream, never from the colour, then paint the foreground."""
-    sample = _sample_of(spec)
     rng = _rng(spec, image_id, _PIXEL_STREAM)
-    size = (sample.height, sample.width)
+    size = (spec.height, spec.width)
     ys, xs = np.mgrid[0 : size[0], 0 : size[1]].astype(np.float32)
     labels = _layout_shapes(rng, kinds, *size)
     grain = rng.standard_normal(size, dtype=np.float32)
@@ -244,7 +240,7 @@ def _render(spec: DatasetSpec, image_id: int, kinds: tuple[str, ...], colour: st
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
-def render_scene(spec: DatasetSpec, image_id: int, colour: str | None) -> np.ndarray:
+def render_scene(spec: Spec, image_id: int, colour: str | None) -> np.ndarray:
     """The scene of ``image_id`` with its foreground in ``colour`` (None: grey); its L does not depend on it.
 
     uint8 RGB ``(height, width, 3)``. Exposed so the same scene can be compared across colours.
@@ -252,19 +248,10 @@ def render_scene(spec: DatasetSpec, image_id: int, colour: str | None) -> np.nda
     return _render(spec, image_id, _plan(spec, image_id).kinds, colour)
 
 
-def sample_image(spec: DatasetSpec, image_id: int) -> np.ndarray:
+def sample_image(spec: Spec, image_id: int) -> np.ndarray:
     """The photo ``image_id`` as uint8 RGB ``(height, width, 3)``, in the colour its tags name."""
     plan = _plan(spec, image_id)
     return _render(spec, image_id, plan.kinds, plan.colour)
-
-
-def archive_ids(spec: DatasetSpec, archive: str) -> range:
-    """Image ids held by the image archive ``archive`` (``images{k}``: ids 100,000·k onwards)."""
-    _sample_of(spec)
-    if archive not in spec.archives():
-        raise ConfigError(f"{spec.name}: no image archive {archive!r}; archives: {spec.archives()}")
-    start = int(archive.removeprefix("images")) * IMAGES_PER_1M_ARCHIVE
-    return range(start, min(start + IMAGES_PER_1M_ARCHIVE, spec.n_images))
 
 
 def _encode_jpeg(rgb: np.ndarray) -> bytes:
@@ -290,23 +277,63 @@ def _write_zip(dest: Path, members: Iterable[tuple[str, bytes]], compression: in
     return count
 
 
-def write_image_archive(spec: DatasetSpec, archive: str, dest: Path) -> int:
+def write_image_archive(spec: Spec, archive: str, dest: Path) -> int:
     """Write the image archive ``archive`` (e.g. ``images0``) to the zip file ``dest``; returns photos written.
 
     JPEGs are stored uncompressed, as in the published archives: deflating them gains nothing.
     """
     members = (
-        (spec.layout.image_member(image_id), _encode_jpeg(sample_image(spec, image_id)))
-        for image_id in archive_ids(spec, archive)
+        (spec.image_member(image_id), _encode_jpeg(sample_image(spec, image_id)))
+        for image_id in spec.archive_ids(archive)
     )
     return _write_zip(dest, members, zipfile.ZIP_STORED)
 
 
-def write_tags_archive(spec: DatasetSpec, dest: Path) -> int:
+def write_tags_archive(spec: Spec, dest: Path) -> int:
     """Write ``tags.zip`` (one UTF-8 tag per line; an untagged photo keeps an empty file) to ``dest``."""
-    _sample_of(spec)
     members = (
-        (spec.layout.tag_member(image_id), "".join(f"{tag}\n" for tag in sample_tags(spec, image_id)).encode())
+        (spec.tag_member(image_id), "".join(f"{tag}\n" for tag in sample_tags(spec, image_id)).encode())
         for image_id in range(spec.n_images)
     )
     return _write_zip(dest, members, zipfile.ZIP_DEFLATED)
+
+
+@dataclass(frozen=True)
+class Spec(Mirflickr1mLayout, ZipLayoutSpec):
+    """The synthetic sample in MIRFLICKR-1M's layout: ``seed`` fixes every photo, drawn ``width``×``height``."""
+
+    seed: int = 0
+    width: int = 320
+    height: int = 240
+
+    kind = "synthetic"
+    downloaded = False
+
+    def check(self, source: str) -> None:
+        super().check(source)
+        if self.seed < 0:
+            raise ConfigError(f"{source}: 'seed' must be a non-negative integer, got {self.seed!r}")
+        for key in ("width", "height"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{source}: '{key}' must be a positive integer, got {getattr(self, key)!r}")
+
+    def obtain(self, archive: str, paths: DatasetPaths, base_url: str | None, progress: Progress) -> SourceResult:
+        """Draw the archive: the same bytes every time, so a re-materialization changes nothing."""
+        started = time.perf_counter()
+        dest = paths.archive(archive)
+        if archive == self.tags_archive:
+            count = write_tags_archive(self, dest)
+        elif archive in self.archives():
+            count = write_image_archive(self, archive, dest)
+        else:
+            raise ConfigError(f"{self.name}: no archive {archive!r}; archives: {[*self.archives(), self.tags_archive]}")
+        md5 = verify_archive(dest, None)
+        return SourceResult(
+            path=dest,
+            figures={
+                "members": count,
+                "size_bytes": dest.stat().st_size,
+                "md5": md5,
+                "duration_s": time.perf_counter() - started,
+            },
+        )

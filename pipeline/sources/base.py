@@ -1,0 +1,190 @@
+"""What every dataset kind provides: its config schema, its image archives, how to obtain them and how to read
+one photo or one tag file by image id.
+
+A dataset is one YAML file (``assets_config/datasets/<name>.yaml``); its ``kind`` names a module of this
+package whose :class:`DatasetSpec` subclass is the kind's schema (its dataclass fields) and knows the rest.
+Everything downstream (conversion, tokens, stats, training, evaluation) sees only this interface, so a new
+kind is one module and one line in :data:`pipeline.datasets.KINDS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from pipeline.core.config import ConfigError
+from pipeline.core.layout import DatasetPaths, Sharding
+from pipeline.sources.download import DownloadProgress
+
+MISSING = "missing"
+TOO_LARGE = "too_large"
+BAD_MEMBER = "bad_member"
+"""Why a photo could not be read from its source: no such photo, over the size limit, or a damaged entry."""
+
+
+class PhotoUnavailable(ValueError):
+    """A photo that yields no row; ``reason`` says why, the source size is 0 when unknown."""
+
+    def __init__(self, reason: str, width: int = 0, height: int = 0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.width = width
+        self.height = height
+
+
+class TagFileUnreadable(ValueError):
+    """A tag file that exists but cannot be read (a damaged or encrypted archive entry)."""
+
+
+class PhotoSource(Protocol):
+    """Open photos of one dataset, read by image id."""
+
+    def read(self, image_id: int) -> bytes:
+        """The photo's file bytes; :class:`PhotoUnavailable` when it cannot be had."""
+        ...
+
+    def unsafe_entries(self, ids: range) -> int:
+        """Source entries whose names would leave the extraction directory (never read), counted once per
+        dataset over a partition of its ids into shards."""
+        ...
+
+
+class TagSource(Protocol):
+    """Open tag files of one dataset, read by image id."""
+
+    def unsafe_entries(self) -> int:
+        """Entries of the tag source named outside the extraction directory; never read."""
+        ...
+
+    def read(self, image_id: int) -> bytes | None:
+        """The tag file's bytes, ``None`` when the photo has none; :class:`TagFileUnreadable` when damaged."""
+        ...
+
+
+@dataclass(frozen=True)
+class SourceResult:
+    """What obtaining one archive did: where it lies and the figures worth keeping as metadata."""
+
+    path: Path
+    figures: dict[str, Any]
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return {"path": self.path, **self.figures}
+
+
+Progress = Callable[[DownloadProgress], None]
+
+
+@dataclass(frozen=True)
+class DatasetSpec(Sharding):
+    """One dataset: its name, size and sharding; a kind's subclass adds its own fields and its sources.
+
+    ``train_config`` names the dataset's default training preset (``assets_config/train/<name>.yaml``);
+    empty means ``TrainConfig``'s defaults.
+    """
+
+    name: str
+    image_size: int = 224
+    train_config: str = ""
+
+    kind: ClassVar[str]
+    tags_in_image_archives: ClassVar[bool] = False
+    """True when the tag files live inside the image archives (``tags_archive`` then only checks them)."""
+    downloaded: ClassVar[bool] = True
+    """False for a kind that makes its archives itself and so needs no mirror URL."""
+
+    # --- the kind's layout -------------------------------------------------------------------------------
+
+    def archives(self) -> list[str]:
+        """Partition keys of ``archives``: the image archives covering ids ``0 … n_images − 1``, in order."""
+        raise NotImplementedError
+
+    def archive_of(self, image_id: int) -> str:
+        """The image archive holding ``image_id``."""
+        raise NotImplementedError
+
+    @property
+    def tags_archive(self) -> str:
+        """The archive holding the tag files."""
+        raise NotImplementedError
+
+    def shards_by_archive(self) -> dict[str, list[str]]:
+        """Which shards read from each image archive (a shard may span two)."""
+        mapping: dict[str, list[str]] = {archive: [] for archive in self.archives()}
+        for key in self.shard_keys():
+            ids = self.shard_ids(int(key))
+            for archive in dict.fromkeys((self.archive_of(ids[0]), self.archive_of(ids[-1]))):
+                mapping[archive].append(key)
+        return mapping
+
+    # --- the kind's sources ------------------------------------------------------------------------------
+
+    def obtain(self, archive: str, paths: DatasetPaths, base_url: str | None, progress: Progress) -> SourceResult:
+        """Put ``archive`` (an image archive or the tag archive) under ``paths.raw``, verified."""
+        raise NotImplementedError
+
+    def obtain_tags(self, paths: DatasetPaths, base_url: str | None, progress: Progress) -> SourceResult:
+        """Put the tag archive under ``paths.raw``, verified (or check the tags inside the image archives)."""
+        return self.obtain(self.tags_archive, paths, base_url, progress)
+
+    def open_photos(self, paths: DatasetPaths) -> AbstractContextManager[PhotoSource]:
+        raise NotImplementedError
+
+    def open_tags(self, paths: DatasetPaths) -> AbstractContextManager[TagSource]:
+        raise NotImplementedError
+
+    # --- the kind's schema -------------------------------------------------------------------------------
+
+    def check(self, source: str) -> None:
+        """Refuse values no dataset can have; a kind extends this with its own fields' checks."""
+        for key in ("n_images", "shard_size", "image_size"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{source}: '{key}' must be a positive integer, got {getattr(self, key)!r}")
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], source: str) -> DatasetSpec:
+        """Validate a YAML mapping (without ``kind``) against this kind's fields; errors name the field."""
+        known = {field.name: field for field in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {unknown} for kind {cls.kind!r}; allowed: {sorted(known)}")
+        required = [name for name, field in known.items() if _is_required(field) and name not in raw]
+        if required:
+            raise ConfigError(f"{source}: missing key(s) {required} for kind {cls.kind!r}")
+        hints = typing.get_type_hints(cls)
+        values = {key: _typed(f"{source}: '{key}'", value, hints[key]) for key, value in raw.items()}
+        spec = cls(**values)
+        spec.check(source)
+        return spec
+
+
+def _is_required(field: dataclasses.Field) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+
+
+def _typed(where: str, value: Any, hint: Any) -> Any:
+    """``value`` if it has the type ``hint`` describes (int, str, bool, ``X | None``, ``dict[str, str]``)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        return _typed(where, value, inner)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return {_typed(where, k, args[0]): _typed(f"{where}: {k!r}", v, args[1]) for k, v in value.items()}
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is int:
+        raise ConfigError(f"{where} must be a positive integer, got {value!r}")
+    if hint in (str, bool) and isinstance(value, hint):
+        return value
+    raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
