@@ -39,7 +39,7 @@ from pipeline.report import write_report
 CHANNELS = ("L", "a", "b")
 LAB_SCALE = {"L": 100 / 255, "a": 1.0, "b": 1.0}
 LAB_OFFSET = {"L": 0.0, "a": -128.0, "b": -128.0}
-"""Encoded value ``v`` → Lab units: ``v·scale + offset`` (OpenCV's 8-bit encoding, DESIGN.md §2)."""
+"""Encoded value ``v`` → Lab units: ``v·scale + offset`` (OpenCV's 8-bit encoding, docs/ARCHITECTURE.md)."""
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 TOP_TAGS = 1000

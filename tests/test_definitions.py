@@ -238,3 +238,42 @@ def test_token_problems_detects_range_and_inner_pads() -> None:
     negative[2, 0] = -1
     assert "outside" in token_problems(negative)
     assert "expected int32" in token_problems(good.astype(np.int64))
+
+
+def test_a_fourth_dataset_is_one_yaml_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A two-archive MIRFLICKR-1M subset: one file in TAGCOLOR_DATASETS_DIR, served by a local mirror."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for k in (0, 1):
+        with zipfile.ZipFile(mirror / f"images{k}.zip", "w") as archive:
+            archive.writestr(f"images/{10 * k}/{100_000 * k}.jpg", b"photo bytes")
+    datasets = tmp_path / "datasets"
+    datasets.mkdir()
+    (datasets / "flickr-subset.yaml").write_text(
+        "name: flickr-subset\nkind: mirflickr1m\nbase_url: https://mirror.invalid/\n"
+        "n_images: 150000\nshard_size: 10000\ntrain_config: mirflickr1m_1gpu\n"
+    )
+    monkeypatch.setenv("TAGCOLOR_DATASETS_DIR", str(datasets))
+    monkeypatch.setenv("TAGCOLOR_FLICKR_SUBSET_URL", mirror.as_uri())
+    monkeypatch.setenv("TAGCOLOR_DATA_DIR", str(tmp_path / "data"))
+    defs = build_definitions()
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys() if key.path[0] == "flickr-subset"}
+    assert keys == {f"flickr-subset/{asset}" for asset in ASSETS}
+    archives = graph.get(dg.AssetKey(["flickr-subset", "archives"]))
+    assert (archives.group_name, archives.partitions_def.get_partition_keys()) == (
+        "flickr_subset",
+        ["images0", "images1"],
+    )
+    assert len(graph.get(dg.AssetKey(["flickr-subset", "lab_shards"])).partitions_def.get_partition_keys()) == 15
+    assert {s.name for s in defs.schedules} >= {"flickr_subset_weekly_training", "flickr_subset_stats_refresh"}
+
+    result = dg.materialize(
+        [defs.get_assets_def(dg.AssetKey(["flickr-subset", "archives"]))],
+        partition_key="images1",
+        resources={"storage": storage_from_environ()},
+    )
+    (event,) = result.get_asset_materialization_events()
+    dest = tmp_path / "data" / "flickr-subset" / "raw" / "images1.zip"
+    assert event.materialization.metadata["url"].value == f"{mirror.as_uri()}/images1.zip", "the name's override"
+    assert dest.read_bytes() == (mirror / "images1.zip").read_bytes()
