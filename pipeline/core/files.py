@@ -1,12 +1,52 @@
-"""Atomic file writes: a reader never sees a half-written file under its final name."""
+"""Atomic file writes: a reader never sees a half-written file under its final name, and a writer that was
+killed leaves temporaries that the next writer of the same file removes."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+STALE_AFTER_S = 5.0
+"""A temporary whose lock is free is stale once this old: its writer took the lock right after creating it."""
+
+
+def _temporary_name(final: Path) -> re.Pattern[str]:
+    """Names :func:`atomic_path` gives the temporaries of ``final``: ``.<name>.<8 random>.tmp[<suffix>]``."""
+    return re.compile(rf"\.{re.escape(final.name)}\.[a-z0-9_]{{8}}\.tmp(\.\w+)?")
+
+
+def _is_stale(path: Path) -> bool:
+    """No live process holds ``path``'s lock, and it is older than the moment between creation and locking."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return time.time() - os.fstat(fd).st_mtime > STALE_AFTER_S
+    finally:
+        os.close(fd)
+
+
+def sweep_stale_temporaries(final: Path | str) -> list[Path]:
+    """Remove the temporaries of ``final`` that a killed writer left (only those no live process holds)."""
+    final = Path(final)
+    pattern = _temporary_name(final)
+    if not final.parent.is_dir():
+        return []
+    stale = [path for path in final.parent.iterdir() if pattern.fullmatch(path.name) and _is_stale(path)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 @contextlib.contextmanager
@@ -14,14 +54,17 @@ def atomic_path(final: Path | str, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``final``; move it into place only if the block succeeds.
 
     The temporary name keeps ``suffix`` (e.g. ``.npy``) so libraries that append extensions do not
-    rename it behind our back; the final file is world-readable like any ordinarily created one.
+    rename it behind our back; the final file is world-readable like any ordinarily created one. The writer
+    holds an exclusive lock on the temporary until it is in place, so a sweep (see
+    :func:`sweep_stale_temporaries`, done here first) never takes a live writer's file.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temporaries(final)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
-    os.close(fd)
     tmp = Path(tmp_name)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield tmp
         if tmp.exists():
             tmp.chmod(0o644)
@@ -31,6 +74,8 @@ def atomic_path(final: Path | str, suffix: str = "") -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
 
 
 def _fsync(path: Path) -> None:
