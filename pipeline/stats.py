@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.convert import INVALID_REASONS, init_opencv_worker
+from pipeline.core.color import LAB_OFFSET, LAB_SCALE
 from pipeline.core.contract import (
     O200K_ORDINARY_TOKENS,
     O200K_VOCAB_SIZE,
@@ -37,9 +38,6 @@ from pipeline.core.render import Markdown
 from pipeline.report import write_report
 
 CHANNELS = ("L", "a", "b")
-LAB_SCALE = {"L": 100 / 255, "a": 1.0, "b": 1.0}
-LAB_OFFSET = {"L": 0.0, "a": -128.0, "b": -128.0}
-"""Encoded value ``v`` → Lab units: ``v·scale + offset`` (OpenCV's 8-bit encoding, docs/ARCHITECTURE.md)."""
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 TOP_TAGS = 1000

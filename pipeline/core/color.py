@@ -11,6 +11,9 @@ import numpy as np
 
 NEUTRAL_AB = 128
 """Encoded a or b of a grey pixel."""
+LAB_SCALE = {"L": 100 / 255, "a": 1.0, "b": 1.0}
+LAB_OFFSET = {"L": 0.0, "a": -float(NEUTRAL_AB), "b": -float(NEUTRAL_AB)}
+"""Encoded value ``v`` of each channel → CIE Lab units: ``v·scale + offset``."""
 L_HALF_RANGE = 127.5
 AB_HALF_RANGE = 127.0
 """Encoded L ↦ L / 127.5 − 1 and a, b ↦ (v − 128) / 127: [-1, 1] for the networks, 0 = grey for a, b."""

@@ -243,15 +243,14 @@ def _render(spec: Spec, image_id: int, kinds: tuple[str, ...], colour: str | Non
 def render_scene(spec: Spec, image_id: int, colour: str | None) -> np.ndarray:
     """The scene of ``image_id`` with its foreground in ``colour`` (None: grey); its L does not depend on it.
 
-    uint8 RGB ``(height, width, 3)``. Exposed so the same scene can be compared across colours.
+    uint8 RGB ``(height, width, 3)``; the same scene can be compared across colours.
     """
     return _render(spec, image_id, _plan(spec, image_id).kinds, colour)
 
 
 def sample_image(spec: Spec, image_id: int) -> np.ndarray:
     """The photo ``image_id`` as uint8 RGB ``(height, width, 3)``, in the colour its tags name."""
-    plan = _plan(spec, image_id)
-    return _render(spec, image_id, plan.kinds, plan.colour)
+    return render_scene(spec, image_id, _plan(spec, image_id).colour)
 
 
 def _encode_jpeg(rgb: np.ndarray) -> bytes:
