@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 import yaml
 
+from pipeline.core.config import typed_value
 from pipeline.core.layout import DataError, DatasetLayout, read_layout
 
 ARCHITECTURE_KEYS = ("base_channels", "depth", "token_dim", "pool")
@@ -106,35 +106,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _type_error(key: str, value: Any, hint: Any) -> TrainConfigError:
-    return TrainConfigError(f"{key}: expected {hint}, got {value!r}")
-
-
 def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against the field's annotation; ints are accepted where floats are expected, and so is
-    text in float notation (PyYAML reads ``1e-4``, without a dot, as a string)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [arg for arg in args if arg is not type(None)]
-        return _coerce(key, value, inner)
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise _type_error(key, value, hint)
-        return [_coerce(key, item, args[0]) for item in value]
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            raise _type_error(key, value, hint) from None
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if hint in (bool, str) and isinstance(value, hint):
-        return value
-    raise _type_error(key, value, hint)
+    """``value`` checked against the field's annotation (:func:`pipeline.core.config.typed_value`)."""
+    try:
+        return typed_value(value, hint)
+    except TypeError as error:
+        raise TrainConfigError(f"{key}: {error}") from None
 
 
 def _require(condition: bool, key: str, message: str) -> None:

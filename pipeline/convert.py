@@ -23,6 +23,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -372,15 +373,11 @@ class ConversionResult:
 
 
 def prepare_shards(
-    spec: DatasetSpec,
-    paths: DatasetPaths,
-    shards: Sequence[int],
-    vocabulary_dir: Path,
-    workers: int | None = None,
-    progress: Callable[[ShardResult], None] | None = None,
+    spec: DatasetSpec, paths: DatasetPaths, shards: Sequence[int], vocabulary_dir: Path, **options: Any
 ) -> ConversionResult:
-    """Convert ``shards`` (see :func:`convert_shards`) and check each one written against the shard contract."""
-    results = convert_shards(spec, paths, shards, vocabulary_dir, workers=workers, progress=progress)
+    """Convert ``shards`` (:func:`convert_shards`, which takes ``options``) and check each one written against
+    the shard contract."""
+    results = convert_shards(spec, paths, shards, vocabulary_dir, **options)
     problems = [
         problem
         for result in results

@@ -1,7 +1,51 @@
-"""The error every configuration check raises: its message names the file and the field."""
+"""Configuration values checked against their dataclass annotations, and the error every check raises."""
 
 from __future__ import annotations
+
+import types
+import typing
+from typing import Any
 
 
 class ConfigError(ValueError):
     """A configuration file or value is invalid; the message names the field."""
+
+
+def typed_value(value: Any, hint: Any) -> Any:
+    """``value`` if it fits the annotation ``hint``, else :class:`TypeError` saying what was expected.
+
+    Handles ``int``, ``float``, ``bool``, ``str``, ``X | None``, ``list[X]`` and ``dict[K, V]``. A bool is no
+    int; an int is accepted where a float is expected, and so is text in float notation (PyYAML reads ``1e-4``,
+    without a dot, as a string).
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        return typed_value(value, inner)
+    if origin is list and isinstance(value, list | tuple):
+        return [typed_value(item, args[0]) for item in value]
+    if origin is dict and isinstance(value, dict):
+        return {typed_value(key, args[0]): typed_value(item, args[1]) for key, item in value.items()}
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint in (bool, str) and isinstance(value, hint):
+        return value
+    raise TypeError(f"expected {_described(hint)}, got {value!r}")
+
+
+def _described(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is dict:
+        return "a mapping"
+    if origin is list:
+        return "a list"
+    return getattr(hint, "__name__", str(hint))

@@ -10,7 +10,6 @@ kind is one module and one line in :data:`pipeline.datasets.KINDS`.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from pipeline.core.config import ConfigError
+from pipeline.core.config import ConfigError, typed_value
 from pipeline.core.layout import DatasetPaths, Sharding
 from pipeline.sources.download import DownloadProgress
 
@@ -159,7 +158,12 @@ class DatasetSpec(Sharding):
         if required:
             raise ConfigError(f"{source}: missing key(s) {required} for kind {cls.kind!r}")
         hints = typing.get_type_hints(cls)
-        values = {key: _typed(f"{source}: '{key}'", value, hints[key]) for key, value in raw.items()}
+        values = {}
+        for key, value in raw.items():
+            try:
+                values[key] = typed_value(value, hints[key])
+            except TypeError as error:
+                raise ConfigError(f"{source}: '{key}': {error}") from None
         spec = cls(**values)
         spec.check(source)
         return spec
@@ -167,24 +171,3 @@ class DatasetSpec(Sharding):
 
 def _is_required(field: dataclasses.Field) -> bool:
     return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-
-
-def _typed(where: str, value: Any, hint: Any) -> Any:
-    """``value`` if it has the type ``hint`` describes (int, str, bool, ``X | None``, ``dict[str, str]``)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [arg for arg in args if arg is not type(None)]
-        return _typed(where, value, inner)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}")
-        return {_typed(where, k, args[0]): _typed(f"{where}: {k!r}", v, args[1]) for k, v in value.items()}
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if hint is int:
-        raise ConfigError(f"{where} must be a positive integer, got {value!r}")
-    if hint in (str, bool) and isinstance(value, hint):
-        return value
-    raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
