@@ -27,7 +27,7 @@ from model.checkpoint import CheckpointError, load_checkpoint
 from model.config import TrainConfig, TrainConfigError, config_from_dict, load_train_config
 from model.data import BatchLoader, HostBatch, Position, TokenIndex, TrainingSet, to_device
 from model.inference import Colorizer
-from model.train import train
+from model.train import torchrun_command, train
 from pipeline.core.color import colorfulness, rgb_to_lab_u8
 from pipeline.core.contract import PAD_ID, SHARD_NAME
 from pipeline.core.layout import read_layout
@@ -411,7 +411,9 @@ def test_two_process_ddp_keeps_ranks_identical(dataset: Path, tmp_path: Path) ->
         assert torch.equal(tensor, saved["generator"][name])
 
 
-def test_cli_reports_through_dagster_pipes(dataset: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_cli_reports_through_dagster_pipes(dataset: Path, tmp_path: Path, gpus: int) -> None:
+    """As the colorizer asset runs it; with ``gpus=2`` the command starts torchrun itself, and rank 0 reports."""
     context = tmp_path / "context.json"
     messages = tmp_path / "messages.jsonl"
     context.write_text(
@@ -447,6 +449,7 @@ def test_cli_reports_through_dagster_pipes(dataset: Path, tmp_path: Path) -> Non
         "run_name=pipes",
         "max_steps=2",
         "log_every=1",
+        f"gpus={gpus}",
     ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -459,7 +462,19 @@ def test_cli_reports_through_dagster_pipes(dataset: Path, tmp_path: Path) -> Non
     metadata = materialization["metadata"]
     assert metadata["steps"]["raw_value"] == 2
     assert metadata["checkpoint"]["raw_value"] == str(tmp_path / "runs" / "pipes" / "latest.pt")
-    assert load_checkpoint(Path(metadata["checkpoint"]["raw_value"]))["step"] == 2
+    saved = load_checkpoint(Path(metadata["checkpoint"]["raw_value"]))
+    assert (saved["step"], len(saved["rng"])) == (2, gpus), "one RNG state per rank"
+
+
+def test_a_launch_that_disagrees_with_gpus_is_refused(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(TrainConfigError, match=r"asks for 1 process\(es\) per machine, torchrun started 2"):
+        train(tiny_config(dataset, tmp_path, max_steps=1))
+    assert torchrun_command(4, ["--config", "x.yaml"])[2:] == [
+        "torch.distributed.run", "--standalone", "--nproc-per-node=4", "-m", "model.train", "--config", "x.yaml"
+    ]  # fmt: skip
 
 
 def sample_dataset(root: Path, vocabulary_dir: Path, n_images: int, shard_size: int, size: int) -> Path:
