@@ -58,17 +58,18 @@ class EvaluationResult:
     metrics_path: Path
     collage_path: Path
     best_collage_path: Path
-    holdout_shard: int
-    run_name: str
 
     @property
     def metadata(self) -> dict[str, object]:
         preview = preview_markdown(self.collage_path, "result collage")
+        where = (
+            f"held-out shard {self.metrics['holdout_shard']:03d}, run {Path(self.metrics['checkpoint']).parent.name}"
+        )
         return {
             "collage": self.collage_path,
             "best_collage": self.best_collage_path,
             "metrics_json": self.metrics_path,
-            "preview": Markdown(f"{preview}\n\nheld-out shard {self.holdout_shard:03d}, run {self.run_name}"),
+            "preview": Markdown(f"{preview}\n\n{where}"),
             **self.figures,
         }
 
@@ -290,8 +291,6 @@ def evaluate_checkpoint(
         metrics_path=metrics_path,
         collage_path=collage_path,
         best_collage_path=best_collage_path,
-        holdout_shard=holdout_shard,
-        run_name=checkpoint.parent.name,
     )
 
 

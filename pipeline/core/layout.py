@@ -23,44 +23,25 @@ class DataError(ValueError):
     """The dataset on disk does not hold what a reader needs; the message says which step to run."""
 
 
+def _below_root(name: str, doc: str) -> property:
+    """The read-only attribute ``root / name`` of a :class:`DatasetPaths`."""
+    return property(lambda self: self.root / name, doc=doc)
+
+
 @dataclass(frozen=True)
 class DatasetPaths:
     """Every file of one dataset lives below ``root`` = ``$TAGCOLOR_DATA_DIR/<dataset>``."""
 
     root: Path
 
-    @property
-    def raw(self) -> Path:
-        return self.root / "raw"
-
-    @property
-    def shards(self) -> Path:
-        return self.root / "shards"
-
-    @property
-    def images_table(self) -> Path:
-        """``images.parquet``: a Parquet dataset directory, one file per shard (``NNN.parquet``)."""
-        return self.root / "images.parquet"
-
-    @property
-    def tokens(self) -> Path:
-        return self.root / "tokens.npy"
-
-    @property
-    def tags_table(self) -> Path:
-        return self.root / "tags.parquet"
-
-    @property
-    def stats(self) -> Path:
-        return self.root / "stats"
-
-    @property
-    def runs(self) -> Path:
-        return self.root / "runs"
-
-    @property
-    def evaluation(self) -> Path:
-        return self.root / "evaluation"
+    raw = _below_root("raw", "The archives exactly as published (or drawn, for the synthetic kind).")
+    shards = _below_root("shards", "``lab_NNN.npy``: the Lab shards.")
+    images_table = _below_root("images.parquet", "A Parquet dataset directory, one file per shard (``NNN.parquet``).")
+    tokens = _below_root("tokens.npy", "int32 ``(N, 20)`` token rows, row ``i`` ↔ image ``i``.")
+    tags_table = _below_root("tags.parquet", "Each image's tags and their counts.")
+    stats = _below_root("stats", "``data_stats``: tables, report and plots.")
+    runs = _below_root("runs", "One directory per training run, ``runs/<run_name>/``.")
+    evaluation = _below_root("evaluation", "Metrics and collages of the last evaluation.")
 
     def archive(self, archive: str) -> Path:
         """A published zip archive, kept under ``raw/`` exactly as published."""
