@@ -30,12 +30,8 @@ class TagcolorStorage(dg.ConfigurableResource):
         return DatasetPaths(Path(self.data_dir).resolve() / dataset)
 
     def base_url(self, spec: DatasetSpec) -> str | None:
-        """Where the dataset's archives are fetched from: the override, else the YAML's ``base_url``."""
-        variable = env_var(spec.name, "url")
-        url = self.url_overrides.get(variable) or getattr(spec, "base_url", None)
-        if spec.downloaded and not url:
-            raise ConfigError(f"dataset {spec.name!r} has no base_url and no {variable} override")
-        return url
+        """Where the dataset's archives are fetched from: ``TAGCOLOR_<NAME>_URL`` when set, else the spec's own."""
+        return self.url_overrides.get(env_var(spec.name, "url")) or spec.default_url
 
     @property
     def vocabulary_dir(self) -> Path:

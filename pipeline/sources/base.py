@@ -96,8 +96,6 @@ class DatasetSpec(Sharding):
     kind: ClassVar[str]
     tags_in_image_archives: ClassVar[bool] = False
     """True when the tag files live inside the image archives (``tags_archive`` then only checks them)."""
-    downloaded: ClassVar[bool] = True
-    """False for a kind that makes its archives itself and so needs no mirror URL."""
 
     # --- the kind's layout -------------------------------------------------------------------------------
 
@@ -124,6 +122,11 @@ class DatasetSpec(Sharding):
         return mapping
 
     # --- the kind's sources ------------------------------------------------------------------------------
+
+    @property
+    def default_url(self) -> str | None:
+        """Where the archives are fetched from unless ``TAGCOLOR_<NAME>_URL`` says otherwise (None: not fetched)."""
+        return None
 
     def obtain(self, archive: str, paths: DatasetPaths, base_url: str | None, progress: Progress) -> SourceResult:
         """Put ``archive`` (an image archive or the tag archive) under ``paths.raw``, verified."""

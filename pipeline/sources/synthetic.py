@@ -306,7 +306,6 @@ class Spec(Mirflickr1mLayout, ZipLayoutSpec):
     height: int = 240
 
     kind = "synthetic"
-    downloaded = False
 
     def check(self, source: str) -> None:
         super().check(source)

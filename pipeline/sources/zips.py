@@ -97,6 +97,10 @@ class PublishedZipSpec(ZipLayoutSpec):
             if not MD5_HEX.fullmatch(digest.lower()):
                 raise ConfigError(f"{source}: md5: {archive!r} must be 32 hex digits, got {digest!r}")
 
+    @property
+    def default_url(self) -> str:
+        return self.base_url
+
     def obtain(self, archive: str, paths: DatasetPaths, base_url: str | None, progress: Progress) -> SourceResult:
         """Download ``archive`` from the mirror (resumed, verified); a verified copy already there is kept."""
         url = download.archive_url(base_url or self.base_url, paths.archive(archive).name)
