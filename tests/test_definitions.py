@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shutil
+import warnings
 import zipfile
 
 import dagster as dg
@@ -277,3 +278,11 @@ def test_a_fourth_dataset_is_one_yaml_file(tmp_path, monkeypatch: pytest.MonkeyP
     dest = tmp_path / "data" / "flickr-subset" / "raw" / "images1.zip"
     assert event.materialization.metadata["url"].value == f"{mirror.as_uri()}/images1.zip", "the name's override"
     assert dest.read_bytes() == (mirror / "images1.zip").read_bytes()
+
+
+def test_loading_the_definitions_warns_of_nothing() -> None:
+    """The one beta parameter used (``backfill_policy``) is silenced where it is used, and nothing else warns."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_definitions()
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
