@@ -12,8 +12,6 @@ import dagster as dg
 import pytest
 
 from pipeline.core.config import ConfigError
-from pipeline.core.contract import token_problems
-from pipeline.core.layout import DatasetPaths, alignment_problems
 from pipeline.datasets import CONFIG_DIR, load_dataset_spec, load_dataset_specs
 from pipeline.defs.definitions import build_definitions
 from pipeline.defs.factory import build_dataset_assets
@@ -203,42 +201,6 @@ def test_mirflickr25k_tags_need_the_archive_and_its_tag_files(tmp_path) -> None:
         archive.writestr("mirflickr/meta/tags/tags1.txt", b"sky\n")
         archive.writestr("mirflickr/meta/tags/tags2.txt", b"sea\n")
     assert materialize("mirflickr25k/tags_archive", env)["tag_files"] == 2
-
-
-def test_alignment_problems_name_the_table_that_is_off(tmp_path) -> None:
-    import numpy as np
-    import pandas as pd
-
-    spec = dataclasses.replace(load_dataset_spec("sample"), n_images=4, shard_size=2)
-    paths = DatasetPaths(tmp_path)
-    assert "images.parquet holds 0 rows" in alignment_problems(paths, spec.n_images)
-    assert "tokens.npy holds 0 rows" in alignment_problems(paths, spec.n_images)
-    paths.images_table.mkdir(parents=True)
-    for shard, ids in ((1, [2, 3]), (0, [0, 1])):
-        pd.DataFrame({"image_id": ids, "shard": shard}).to_parquet(paths.shard_rows(shard))
-    np.save(paths.tokens, np.zeros((4, 20), np.int32))
-    assert alignment_problems(paths, spec.n_images) == ""
-    np.save(paths.tokens, np.zeros((3, 20), np.int32))
-    assert alignment_problems(paths, spec.n_images) == "tokens.npy holds 3 rows, expected 4"
-    pd.DataFrame({"image_id": [1, 2], "shard": 1}).to_parquet(paths.shard_rows(1))
-    assert alignment_problems(paths, spec.n_images).startswith("images.parquet holds 4 rows, not image ids 0 … 3")
-
-
-def test_token_problems_detects_range_and_inner_pads() -> None:
-    import numpy as np
-
-    from pipeline.core.contract import PAD_ID
-
-    good = np.full((3, 20), PAD_ID, dtype=np.int32)
-    good[0, :2] = [5, 7]
-    assert token_problems(good) == ""
-    inner = good.copy()
-    inner[1, 5] = 9
-    assert "after a pad" in token_problems(inner)
-    negative = good.copy()
-    negative[2, 0] = -1
-    assert "outside" in token_problems(negative)
-    assert "expected int32" in token_problems(good.astype(np.int64))
 
 
 def test_a_fourth_dataset_is_one_yaml_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
