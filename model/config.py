@@ -54,7 +54,8 @@ class TrainConfig:
     shards: list[int] | None = None
     """Training shards; None: every shard of the dataset except the held-out one."""
     holdout_shard: int | None = None
-    """Kept for evaluation and never trained on; None: the dataset's last shard."""
+    """Kept for evaluation and never trained on; None: the one the dataset recorded (``split.json``), else its
+    last shard."""
     skip_grayscale: bool = True
     image_size: int = 64
     batch_size: int = 32
@@ -180,7 +181,9 @@ def validate_train_config(config: TrainConfig) -> TrainConfig:
     config = dataclasses.replace(config, run_name=config.run_name or DEFAULT_RUN_NAME)
     _check_values(config)
     layout = _check_data(config)
-    holdout = layout.n_shards - 1 if config.holdout_shard is None else config.holdout_shard
+    holdout = config.holdout_shard
+    if holdout is None:
+        holdout = layout.n_shards - 1 if layout.holdout_shard is None else layout.holdout_shard
     shards = config.shards if config.shards is not None else [s for s in range(layout.n_shards) if s != holdout]
     _require(holdout not in shards, "holdout_shard", f"shard {holdout} is held out but listed in 'shards'")
     _require(bool(shards), "shards", f"no shard is left for training besides the held-out {holdout}")

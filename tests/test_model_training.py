@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,13 +25,13 @@ from dagster_pipes import encode_param
 import model.checkpoint as checkpoint_module
 import model.train as train_module
 from model.checkpoint import CheckpointError, load_checkpoint
-from model.config import TrainConfig, TrainConfigError, config_from_dict, load_train_config
+from model.config import TrainConfig, TrainConfigError, config_from_dict, load_train_config, validate_train_config
 from model.data import BatchLoader, HostBatch, Position, TokenIndex, TrainingSet, to_device
 from model.inference import Colorizer
 from model.train import torchrun_command, train
 from pipeline.core.color import colorfulness, rgb_to_lab_u8
 from pipeline.core.contract import PAD_ID, SHARD_NAME
-from pipeline.core.layout import read_layout
+from pipeline.core.layout import DatasetPaths, Split, read_layout
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_CONFIGS = REPO / "assets_config" / "train"
@@ -159,6 +160,18 @@ def test_shipped_train_configs_are_valid(path: Path, dataset: Path) -> None:
     assert config.image_size % 2**config.depth == 0
     if config.device == "cpu":
         assert load_train_config(path, [f"data_root={dataset}"]).shards == [0, 1]
+
+
+def test_a_recorded_split_chooses_the_held_out_shard(dataset: Path, tmp_path: Path) -> None:
+    root = tmp_path / "grown"
+    shutil.copytree(dataset, root)
+    Split(shard_size=SHARD_SIZE, holdout_shard=0).write(DatasetPaths(root))
+    config = validate_train_config(tiny_config(root, tmp_path))
+    assert (config.holdout_shard, config.shards) == (0, [1, 2]), "not the last shard: the one the dataset fixed"
+    assert validate_train_config(tiny_config(root, tmp_path, holdout_shard=2)).shards == [0, 1], "a setting wins"
+    DatasetPaths(root).split.write_text("{not json")
+    with pytest.raises(TrainConfigError, match=r"data_root: .*split\.json: not a split record"):
+        validate_train_config(tiny_config(root, tmp_path))
 
 
 def test_loader_skips_invalid_grayscale_and_holdout_and_splits_ranks(dataset: Path, tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ The pipeline writes this layout and the model reads it; both take it from here.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ import pandas as pd
 
 from pipeline.core.config import ConfigError
 from pipeline.core.contract import SHARD_NAME, TOKENS_PER_IMAGE
+from pipeline.core.files import atomic_write_text
 
 
 class DataError(ValueError):
@@ -42,6 +45,7 @@ class DatasetPaths:
     stats = _below_root("stats", "``data_stats``: tables, report and plots.")
     runs = _below_root("runs", "One directory per training run, ``runs/<run_name>/``.")
     evaluation = _below_root("evaluation", "Metrics and collages of the last evaluation.")
+    split = _below_root("split.json", "The sharding and held-out shard a growing dataset fixed when first obtained.")
 
     def archive(self, archive: str) -> Path:
         """A published zip archive, kept under ``raw/`` exactly as published."""
@@ -66,7 +70,7 @@ class DatasetPaths:
         return resolved
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Sharding:
     """How ``n_images`` images in global order are cut into shards of ``shard_size`` (the last may be short)."""
 
@@ -89,11 +93,40 @@ class Sharding:
         return range(start, min(start + self.shard_size, self.n_images))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DatasetLayout(Sharding):
-    """A dataset found on disk: its files and its sharding, as a reader that has no config sees them."""
+    """A dataset found on disk: its files and its sharding, as a reader that has no config sees them.
+
+    ``holdout_shard`` is the shard the dataset keeps for evaluation where it recorded one (``split.json``);
+    None: the last shard, by convention.
+    """
 
     paths: DatasetPaths
+    holdout_shard: int | None = None
+
+
+@dataclass(frozen=True)
+class Split:
+    """What a dataset that grows fixed when it was first obtained: its shard size and its held-out shard.
+
+    Photos added later take new ids, so they never move a held-out photo into training or back.
+    """
+
+    shard_size: int
+    holdout_shard: int
+
+    def write(self, paths: DatasetPaths) -> None:
+        atomic_write_text(paths.split, json.dumps(dataclasses.asdict(self)) + "\n")
+
+    @classmethod
+    def read(cls, paths: DatasetPaths) -> Split | None:
+        """The recorded split, None when the dataset records none; a damaged record is an error."""
+        if not paths.split.is_file():
+            return None
+        try:
+            return cls(**json.loads(paths.split.read_text()))
+        except (OSError, ValueError, TypeError) as error:
+            raise DataError(f"{paths.split}: not a split record ({error}); restore it from a backup") from error
 
 
 def _rows(path: Path) -> int:
@@ -120,7 +153,13 @@ def read_layout(root: Path, shards: Sequence[int] | None = None) -> DatasetLayou
     sizes = [_rows(path) for path in candidates if path.is_file()]
     if not sizes or max(sizes) == 0:
         raise DataError(f"cannot tell the shard size: {first} does not exist and no listed shard does")
-    return DatasetLayout(n_images=int(header.shape[0]), shard_size=max(sizes), paths=paths)
+    split = Split.read(paths)
+    return DatasetLayout(
+        n_images=int(header.shape[0]),
+        shard_size=max(sizes),
+        paths=paths,
+        holdout_shard=split.holdout_shard if split else None,
+    )
 
 
 def read_images_table(paths: DatasetPaths, columns: Sequence[str] | None = None) -> pd.DataFrame:
