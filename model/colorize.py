@@ -18,13 +18,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from model.checkpoint import CheckpointError
 from model.inference import Colorizer
 from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb, rgb_to_lab_u8
 from pipeline.core.contract import TOKENS_PER_IMAGE
 from pipeline.core.files import atomic_path
+from pipeline.core.photos import flatten, to_srgb, upright
 from pipeline.core.vocabulary import VocabularyError, encode_tags, load_tag_encoding, tag_text, tiktoken_cache_dir
 
 CHROMA_SCALES = (1.0, 0.75, 0.5, 0.25, 0.0)
@@ -44,13 +45,14 @@ def parse_tags(text: str) -> list[str]:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """A photo file as uint8 RGB ``(H, W, 3)``, turned upright by its EXIF orientation."""
+    """A photo file as uint8 sRGB ``(H, W, 3)``, turned upright by its EXIF orientation, as conversion reads it."""
     if not path.is_file():
         raise ColorizeError(f"{path}: no such file")
     try:
         with Image.open(path) as image:
-            upright = ImageOps.exif_transpose(image)
-            return np.asarray(upright.convert("RGB"))
+            icc = image.info.get("icc_profile")
+            rgb, _ = to_srgb(flatten(upright(image), keep_cmyk=bool(icc)), icc)
+            return np.asarray(rgb.convert("RGB"))
     except (OSError, Image.DecompressionBombError) as error:
         raise ColorizeError(f"{path}: not a readable image ({error})") from error
 

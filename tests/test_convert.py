@@ -442,3 +442,89 @@ def test_mirflickr25k_layout_reads_photos_and_tags_from_one_archive(tmp_path: Pa
     assert [(r.n_images, r.n_valid, r.reasons["unsafe_members"]) for r in results] == [(2, 2, 1), (1, 1, 0)]
     assert read_images_table(paths)["n_tags"].tolist() == [0, 1, 2]
     np.testing.assert_array_equal(np.load(paths.shard(1))[0], reference_lab(photos()[SMALL])[1])
+
+
+def icc_rgb_profile(red: tuple, green: tuple, blue: tuple, gamma: float = 2.2) -> bytes:
+    """A minimal ICC v2 RGB matrix/TRC display profile with the given D50 colorants (XYZ)."""
+
+    def s15(value: float) -> bytes:
+        return round(value * 65536).to_bytes(4, "big", signed=True)
+
+    def xyz(values: tuple) -> bytes:
+        return b"XYZ \0\0\0\0" + b"".join(s15(v) for v in values)
+
+    curve = b"curv\0\0\0\0" + (1).to_bytes(4, "big") + round(gamma * 256).to_bytes(2, "big") + b"\0\0"
+    tags = [
+        (b"wtpt", xyz((0.9642, 1.0, 0.8249))),
+        (b"rXYZ", xyz(red)),
+        (b"gXYZ", xyz(green)),
+        (b"bXYZ", xyz(blue)),
+        (b"rTRC", curve),
+        (b"gTRC", curve),
+        (b"bTRC", curve),
+    ]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = b"", b""
+    for signature, body in tags:
+        table += signature + (offset + len(data)).to_bytes(4, "big") + len(body).to_bytes(4, "big")
+        data += body
+    size = offset + len(data)
+    header = (
+        size.to_bytes(4, "big")
+        + b"\0" * 4
+        + bytes([2, 0x10, 0, 0])
+        + b"mntrRGB XYZ "
+        + b"\0" * 12
+        + b"acsp"
+        + b"\0" * 24
+        + b"\0" * 4
+        + s15(0.9642)
+        + s15(1.0)
+        + s15(0.8249)
+        + b"\0" * 48
+    )
+    return header + len(tags).to_bytes(4, "big") + table + data
+
+
+SRGB_RED, SRGB_GREEN, SRGB_BLUE = (0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)
+
+
+def png(image: Image.Image, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+def test_exif_orientation_turns_the_photo_upright() -> None:
+    stored = np.zeros((40, 60, 3), np.uint8)
+    stored[:, :30] = (200, 30, 30)
+    stored[:, 30:] = (30, 30, 200)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: shown rotated 90° clockwise
+    turned = decode_to_lab(png(Image.fromarray(stored), exif=exif.tobytes()), SIZE)
+    upright = np.ascontiguousarray(np.rot90(stored, k=-1))
+    expected = decode_to_lab(png(Image.fromarray(upright)), SIZE)
+    np.testing.assert_array_equal(turned.lab, expected.lab)
+    assert (turned.width, turned.height, turned.rotated) == (40, 60, True)
+    assert not expected.rotated
+
+
+def test_an_embedded_icc_profile_is_converted_to_srgb() -> None:
+    red = Image.new("RGB", (32, 32), (255, 0, 0))
+    plain = decode_to_lab(png(red), SIZE)
+    assert tuple(plain.rgb[0, 0]) == (255, 0, 0) and not plain.icc_converted
+    swapped = icc_rgb_profile(SRGB_BLUE, SRGB_GREEN, SRGB_RED)  # this profile's "red" is sRGB's blue
+    converted = decode_to_lab(png(red, icc_profile=swapped), SIZE)
+    assert converted.icc_converted
+    assert np.abs(converted.rgb[0, 0].astype(int) - (0, 0, 255)).max() <= 3
+    same = decode_to_lab(png(red, icc_profile=icc_rgb_profile(SRGB_RED, SRGB_GREEN, SRGB_BLUE)), SIZE)
+    assert np.abs(same.rgb.astype(int) - plain.rgb).max() <= 6, "a profile close to sRGB keeps the colours"
+    damaged = decode_to_lab(png(red, icc_profile=b"not a profile"), SIZE)
+    assert not damaged.icc_converted and tuple(damaged.rgb[0, 0]) == (255, 0, 0), "taken as sRGB"
+
+
+def test_heic_needs_pillow_heif() -> None:
+    heic = b"\0\0\0\x18ftypheic" + b"\0" * 64
+    with pytest.raises(PhotoUnavailable) as error:
+        decode_to_lab(heic, SIZE)
+    assert error.value.reason == ("unsupported" if convert.pillow_heif is None else "undecodable")
