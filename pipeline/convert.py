@@ -36,17 +36,18 @@ from pipeline.core.files import atomic_path
 from pipeline.core.layout import DatasetPaths, shard_problems
 from pipeline.core.photos import QUARTER_TURNS, flatten, orientation, to_srgb, upright
 from pipeline.core.vocabulary import load_tag_encoding
-from pipeline.sources.base import BAD_MEMBER, MISSING, TOO_LARGE, DatasetSpec, PhotoUnavailable
+from pipeline.sources.base import BAD_MEMBER, CHANGED, DUPLICATE, MISSING, TOO_LARGE, DatasetSpec, PhotoUnavailable
 from pipeline.tokens import tag_counts
 
 EMPTY = "empty"
 TRUNCATED = "truncated"
 UNDECODABLE = "undecodable"
 UNSUPPORTED = "unsupported"
-INVALID_REASONS = (MISSING, EMPTY, TRUNCATED, UNDECODABLE, TOO_LARGE, BAD_MEMBER, UNSUPPORTED)
+INVALID_REASONS = (MISSING, EMPTY, TRUNCATED, UNDECODABLE, TOO_LARGE, BAD_MEMBER, UNSUPPORTED, CHANGED, DUPLICATE)
 """Why a row is not valid: no such member, zero bytes, cut short, not an image Pillow reads, over the size
-limits, a zip member that cannot be read (bad CRC, encrypted, unknown compression), or a format that needs a
-package not installed (HEIC without ``pillow-heif``)."""
+limits, a zip member that cannot be read (bad CRC, encrypted, unknown compression), a format that needs a
+package not installed (HEIC without ``pillow-heif``), a photo file changed since it got its id, or a held-out
+photo that duplicates a training photo."""
 
 NOT_JPEG = "not_jpeg"
 """Counted, still valid: a decodable photo in another format (a PNG named ``.jpg``)."""

@@ -25,6 +25,7 @@ CONFIG_DIR = REPO_ROOT / "assets_config"
 DATASETS_DIR = CONFIG_DIR / "datasets"
 
 KINDS = {
+    "folder": "pipeline.sources.folder",
     "mirflickr1m": "pipeline.sources.mirflickr1m",
     "mirflickr25k": "pipeline.sources.mirflickr25k",
     "synthetic": "pipeline.sources.synthetic",

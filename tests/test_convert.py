@@ -30,7 +30,7 @@ from pipeline.core.color import colorfulness
 from pipeline.core.layout import DatasetPaths, read_images_table
 from pipeline.core.vocabulary import load_tag_encoding
 from pipeline.datasets import DatasetSpec, load_dataset_spec
-from pipeline.sources import zips
+from pipeline.sources import base
 from pipeline.sources.base import PhotoUnavailable
 from pipeline.sources.zips import is_unsafe_member
 from pipeline.tokens import build_tag_tokens
@@ -296,7 +296,7 @@ def test_oversized_and_damaged_members(tmp_path: Path, vocabulary_dir: Path, mon
     assert result.reasons["bad_member"] == 1
     assert read_images_table(paths).set_index("image_id").loc[SMALL, "reason"] == "bad_member"
     assert len(photos()[LARGE]) == max(len(photos()[i]) for i in SPEC.shard_ids(0))
-    monkeypatch.setattr(zips, "MAX_MEMBER_BYTES", len(photos()[LARGE]) - 1)
+    monkeypatch.setattr(base, "MAX_PHOTO_BYTES", len(photos()[LARGE]) - 1)
     result = convert_one(SPEC, paths, 0, vocabulary_dir)
     assert (result.reasons["too_large"], result.reasons["bad_member"], result.n_valid) == (1, 1, 3)
 

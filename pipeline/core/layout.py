@@ -79,7 +79,7 @@ class Sharding:
 
     @property
     def n_shards(self) -> int:
-        return -(-self.n_images // self.shard_size)
+        return -(-self.n_images // self.shard_size) if self.n_images else 0  # a folder not yet scanned: none
 
     def shard_keys(self) -> list[str]:
         """Partition keys of ``lab_shards``: ``000``, ``001``, …"""

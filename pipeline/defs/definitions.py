@@ -10,9 +10,10 @@ from pipeline.defs.resources import dataset_dirs_from_environ, storage_from_envi
 
 def build_definitions() -> dg.Definitions:
     crons = load_schedule_crons()
+    storage = storage_from_environ()
     assets, jobs, schedules = [], [], []
     for spec in load_dataset_specs(dataset_dirs_from_environ()).values():
-        assets += build_dataset_assets(spec)
+        assets += build_dataset_assets(storage.resolve(spec))
         dataset_jobs, dataset_schedules = dataset_automation(spec, crons)
         jobs += dataset_jobs
         schedules += dataset_schedules
@@ -22,7 +23,7 @@ def build_definitions() -> dg.Definitions:
         jobs=jobs,
         schedules=schedules,
         sensors=[automation_sensor()],
-        resources={"storage": storage_from_environ(), "pipes": dg.PipesSubprocessClient()},
+        resources={"storage": storage, "pipes": dg.PipesSubprocessClient()},
     )
 
 

@@ -56,7 +56,7 @@ def prepare_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.AssetChec
             with user_errors():
                 context.log.info(f"converting shards {context.partition_keys} with {config.workers or 'all'} workers")
                 result = prepare_shards(
-                    spec,
+                    storage.resolve(spec),
                     storage.paths(spec.name),
                     [int(key) for key in context.partition_keys],
                     storage.vocabulary_dir,
@@ -78,7 +78,7 @@ def prepare_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.AssetChec
     def tag_tokens(context: dg.AssetExecutionContext, storage: TagcolorStorage) -> dg.MaterializeResult:
         with user_errors():
             result = build_tag_tokens(
-                spec,
+                storage.resolve(spec),
                 storage.paths(spec.name),
                 load_tag_encoding(storage.vocabulary_dir),
                 progress=lambda done, total: context.log.info(f"tags {done:,}/{total:,}"),

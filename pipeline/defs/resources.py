@@ -1,5 +1,6 @@
 """Resources: the one layer that reads the environment and knows where data and archives live."""
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -15,7 +16,9 @@ from pipeline.sources.base import DatasetSpec
 from pipeline.sources.download import UnsupportedURLError, check_url
 
 URL_VARIABLE = re.compile(r"TAGCOLOR_[A-Z0-9_]+_URL")
-"""A dataset's mirror override, ``TAGCOLOR_<NAME>_URL`` (:func:`pipeline.datasets.env_var`)."""
+PATH_VARIABLE = re.compile(r"TAGCOLOR_[A-Z0-9_]+_PATH")
+"""A dataset's mirror and folder overrides, ``TAGCOLOR_<NAME>_URL`` and ``TAGCOLOR_<NAME>_PATH``
+(:func:`pipeline.datasets.env_var`)."""
 
 
 class TagcolorStorage(dg.ConfigurableResource):
@@ -25,6 +28,8 @@ class TagcolorStorage(dg.ConfigurableResource):
     tiktoken_cache_dir: str
     url_overrides: dict[str, str] = {}
     """Mirror URLs by environment variable name."""
+    path_overrides: dict[str, str] = {}
+    """Folders of photos by environment variable name."""
 
     def paths(self, dataset: str) -> DatasetPaths:
         return DatasetPaths(Path(self.data_dir).resolve() / dataset)
@@ -32,6 +37,16 @@ class TagcolorStorage(dg.ConfigurableResource):
     def base_url(self, spec: DatasetSpec) -> str | None:
         """Where the dataset's archives are fetched from: ``TAGCOLOR_<NAME>_URL`` when set, else the spec's own."""
         return self.url_overrides.get(env_var(spec.name, "url")) or spec.default_url
+
+    def resolve(self, spec: DatasetSpec) -> DatasetSpec:
+        """The spec as this environment and the dataset's own files make it: the folder ``TAGCOLOR_<NAME>_PATH``
+        names, and the size a growing dataset has now."""
+        variable = env_var(spec.name, "path")
+        if variable in self.path_overrides:
+            if "path" not in {field.name for field in dataclasses.fields(spec)}:
+                raise ConfigError(f"{variable}: dataset {spec.name!r} (kind {spec.kind}) reads no folder")
+            spec = dataclasses.replace(spec, path=self.path_overrides[variable])
+        return spec.on_disk(self.paths(spec.name))
 
     @property
     def vocabulary_dir(self) -> Path:
@@ -53,6 +68,7 @@ def storage_from_environ(environ: Mapping[str, str] = os.environ) -> TagcolorSto
         data_dir=environ.get("TAGCOLOR_DATA_DIR", "data"),
         tiktoken_cache_dir=str(tiktoken_cache_dir(environ)),
         url_overrides=overrides,
+        path_overrides={name: path for name, path in environ.items() if PATH_VARIABLE.fullmatch(name) and path},
     )
 
 

@@ -23,7 +23,8 @@ def source_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         with user_errors():
             archive = context.partition_key
             progress = byte_progress_logger(context.log, archive)
-            result = spec.obtain(archive, storage.paths(spec.name), storage.base_url(spec), progress)
+            live = storage.resolve(spec)
+            result = live.obtain(archive, storage.paths(spec.name), storage.base_url(spec), progress)
             return dg.MaterializeResult(metadata=to_metadata(result.metadata))
 
     inside = spec.tags_in_image_archives
@@ -40,7 +41,8 @@ def source_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
     def tags_archive(context: dg.AssetExecutionContext, storage: TagcolorStorage) -> dg.MaterializeResult:
         with user_errors():
             progress = byte_progress_logger(context.log, spec.tags_archive)
-            result = spec.obtain_tags(storage.paths(spec.name), storage.base_url(spec), progress)
+            live = storage.resolve(spec)
+            result = live.obtain_tags(storage.paths(spec.name), storage.base_url(spec), progress)
             return dg.MaterializeResult(metadata=to_metadata(result.metadata))
 
     return [archives, tags_archive]

@@ -40,12 +40,12 @@ def stats_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
     )
     def data_stats(config: StatsConfig, storage: TagcolorStorage) -> dg.MaterializeResult:
         with user_errors():
-            paths = storage.paths(spec.name)
+            paths, live = storage.paths(spec.name), storage.resolve(spec)
             decode = token_text(load_tag_encoding(storage.vocabulary_dir))
-            result = compute_data_stats(paths, spec.n_shards, decode, workers=config.workers or os.cpu_count() or 1)
+            result = compute_data_stats(paths, live.n_shards, decode, workers=config.workers or os.cpu_count() or 1)
             return dg.MaterializeResult(
                 metadata=to_metadata(result.metadata),
-                check_results=[check_result(alignment_problems(paths, spec.n_images), "tokens_align_with_images")],
+                check_results=[check_result(alignment_problems(paths, live.n_images), "tokens_align_with_images")],
             )
 
     return [data_stats]

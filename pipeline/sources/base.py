@@ -24,7 +24,13 @@ from pipeline.sources.download import DownloadProgress
 MISSING = "missing"
 TOO_LARGE = "too_large"
 BAD_MEMBER = "bad_member"
-"""Why a photo could not be read from its source: no such photo, over the size limit, or a damaged entry."""
+CHANGED = "changed"
+DUPLICATE = "duplicate"
+"""Why a photo could not be read from its source: no such photo, over the size limit, a damaged entry, a
+file whose content changed since it was given its id, or a held-out photo that duplicates a training one."""
+
+MAX_PHOTO_BYTES = 64 << 20
+"""A photo is ~100 KB to a few MB; an entry declaring more than this is refused before it is read."""
 
 
 class PhotoUnavailable(ValueError):
@@ -81,7 +87,7 @@ class SourceResult:
 Progress = Callable[[DownloadProgress], None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DatasetSpec(Sharding):
     """One dataset: its name, size and sharding; a kind's subclass adds its own fields and its sources.
 
@@ -142,6 +148,11 @@ class DatasetSpec(Sharding):
     def open_tags(self, paths: DatasetPaths) -> AbstractContextManager[TagSource]:
         raise NotImplementedError
 
+    def on_disk(self, paths: DatasetPaths) -> DatasetSpec:
+        """This spec with what the dataset's own files fix (a growing dataset's size and sharding); most
+        kinds fix everything in their YAML file."""
+        return self
+
     # --- the kind's schema -------------------------------------------------------------------------------
 
     def check(self, source: str) -> None:
@@ -150,10 +161,13 @@ class DatasetSpec(Sharding):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{source}: '{key}' must be a positive integer, got {getattr(self, key)!r}")
 
+    derived: ClassVar[tuple[str, ...]] = ()
+    """Fields the dataset's files fix (see :meth:`on_disk`), never set in YAML."""
+
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], source: str) -> DatasetSpec:
         """Validate a YAML mapping (without ``kind``) against this kind's fields; errors name the field."""
-        known = {field.name: field for field in dataclasses.fields(cls)}
+        known = {field.name: field for field in dataclasses.fields(cls) if field.name not in cls.derived}
         unknown = sorted(set(raw) - set(known))
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {unknown} for kind {cls.kind!r}; allowed: {sorted(known)}")

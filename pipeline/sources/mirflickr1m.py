@@ -38,7 +38,7 @@ class Mirflickr1mLayout:
         return f"tags/{image_id // FILES_PER_FOLDER}/{image_id}.txt"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Spec(Mirflickr1mLayout, PublishedZipSpec):
     """MIRFLICKR-1M, or any subset of it (``n_images``) served from a mirror in the same layout."""
 

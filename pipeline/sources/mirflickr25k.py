@@ -15,7 +15,7 @@ from pipeline.sources.zips import PublishedZipSpec, check_tags_inside
 ARCHIVE = "mirflickr25k"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Spec(PublishedZipSpec):
     """MIRFLICKR-25k: photos and tags in one archive."""
 

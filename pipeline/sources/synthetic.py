@@ -297,7 +297,7 @@ def write_tags_archive(spec: Spec, dest: Path) -> int:
     return _write_zip(dest, members, zipfile.ZIP_DEFLATED)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Spec(Mirflickr1mLayout, ZipLayoutSpec):
     """The synthetic sample in MIRFLICKR-1M's layout: ``seed`` fixes every photo, drawn ``width``×``height``."""
 

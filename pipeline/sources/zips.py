@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from pipeline.core.config import ConfigError
 from pipeline.core.layout import DatasetPaths
-from pipeline.sources import download
+from pipeline.sources import base, download
 from pipeline.sources.base import (
     BAD_MEMBER,
     MISSING,
@@ -26,9 +26,6 @@ from pipeline.sources.base import (
     SourceResult,
     TagFileUnreadable,
 )
-
-MAX_MEMBER_BYTES = 64 << 20
-"""A Flickr photo is ~100 KB; a member declaring more than this is refused before it is inflated."""
 
 UNREADABLE_MEMBER_ERRORS = (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, OSError, zlib.error)
 """What reading a damaged, encrypted or oddly compressed zip member raises."""
@@ -54,7 +51,7 @@ def open_archive(path: Path, asset: str) -> zipfile.ZipFile:
     return zipfile.ZipFile(path)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ZipLayoutSpec(DatasetSpec):
     """A dataset of zip archives: a kind says which member holds each photo and each tag file."""
 
@@ -73,7 +70,7 @@ class ZipLayoutSpec(DatasetSpec):
         return ZipTags(open_archive(paths.archive(self.tags_archive), f"{self.name}/tags_archive"), self)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PublishedZipSpec(ZipLayoutSpec):
     """Zip archives downloaded from ``base_url`` (``TAGCOLOR_<NAME>_URL`` overrides it), checked against
     their published MD5 where ``md5`` lists one."""
@@ -154,7 +151,7 @@ class ZipPhotos:
             info = archive.getinfo(self._spec.image_member(image_id))
         except KeyError as error:
             raise PhotoUnavailable(MISSING) from error
-        if info.file_size > MAX_MEMBER_BYTES:
+        if info.file_size > base.MAX_PHOTO_BYTES:  # declared size: refused before it is inflated
             raise PhotoUnavailable(TOO_LARGE)
         try:
             return archive.read(info)
