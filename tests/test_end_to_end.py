@@ -1,4 +1,4 @@
-"""The README's demo, run as a user would: the whole sample graph through `dagster asset materialize`."""
+"""The README's demo and a folder of one's own photos, run as a user would, through Dagster's CLI."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from PIL import Image
 from model.evaluation import MIN_TILE
 from pipeline.core.render import CollageLayout
 from tests.conftest import REPO_ROOT
+from tests.test_folder import folder_of_scenes, scene
 from tests.test_stats import assert_report_matches_tables
 
 
@@ -70,3 +71,51 @@ def test_sample_graph_end_to_end(tmp_path: Path, vocabulary_dir: Path) -> None:
         assert collage.size == (layout.width, layout.height)
     assert (tmp_path / "docs" / "collage.png").read_bytes() == (root / "evaluation" / "result_collage.png").read_bytes()
     assert (tmp_path / "home" / "dagster.yaml").is_file(), "make installs the instance settings"
+
+
+@pytest.mark.slow
+def test_a_folder_of_photos_through_the_whole_graph(tmp_path: Path, vocabulary_dir: Path) -> None:
+    """30 photos with the defaults: archives → … → evaluation; then photos are added and the split holds."""
+    photos, datasets, data = tmp_path / "photos", tmp_path / "datasets", tmp_path / "data"
+    folder_of_scenes(photos, 30)
+    datasets.mkdir()
+    (datasets / "my-photos.yaml").write_text("name: my-photos\nkind: folder\npath: /nowhere\n")
+    env = os.environ | {
+        "TIKTOKEN_CACHE_DIR": str(vocabulary_dir),
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "TAGCOLOR_DATA_DIR": str(data),
+        "TAGCOLOR_DATASETS_DIR": str(datasets),
+        "TAGCOLOR_MY_PHOTOS_PATH": str(photos),  # the variable wins over the file's path
+    }
+    (tmp_path / "home").mkdir()
+
+    def materialize(*selection: str) -> None:
+        command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "pipeline.defs.definitions"]
+        done = subprocess.run(
+            [*command, "--select", *selection], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+
+    materialize("my-photos/archives", "--partition", "folder")
+    materialize("my-photos/tags_archive")
+    materialize("my-photos/lab_shards", "--partition-range", "000...004")
+    for asset in ("tag_tokens", "data_stats", "colorizer", "evaluation"):
+        materialize(f"my-photos/{asset}")
+    root = data / "my-photos"
+    assert json.loads((root / "split.json").read_text()) == {"shard_size": 6, "holdout_shard": 4}
+    metrics = json.loads((root / "evaluation" / "metrics.json").read_text())
+    assert (metrics["holdout_shard"], metrics["n_images"]) == (4, 6)
+    assert metrics["train_mean_ab"]["shards"] == [0, 1, 2, 3]
+    assert (root / "runs" / "folder" / "latest.pt").is_file(), "the folder kind's preset names the run"
+
+    (photos / "later").mkdir()
+    for k in range(30, 36):
+        (photos / "later" / f"photo{k}.jpg").write_bytes(scene(k))
+    materialize("my-photos/archives", "--partition", "folder")
+    materialize("my-photos/lab_shards", "--partition", "005")
+    materialize("my-photos/tag_tokens")
+    materialize("my-photos/data_stats")
+    images = pd.read_parquet(root / "images.parquet").sort_values("image_id")
+    assert images["image_id"].tolist() == list(range(36)) and images["valid"].all()
+    assert json.loads((root / "split.json").read_text())["holdout_shard"] == 4, "added photos never move the split"
+    assert np.load(root / "tokens.npy").shape == (36, 20)
