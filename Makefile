@@ -11,7 +11,7 @@ COLORIZER_CONFIG ?=
 COLLAGE_COPY ?=
 LAUNCH = TAGCOLOR_DATA_DIR=$(DATA) DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dg launch
 
-.PHONY: setup instance demo test lint dev
+.PHONY: setup instance demo dataset test lint dev
 
 $(BIN)/dg: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,19 @@ demo: setup instance
 	$(LAUNCH) --assets 'sample/evaluation'
 	if [ -n "$(COLLAGE_COPY)" ]; then mkdir -p $$(dirname $(COLLAGE_COPY)) && cp $(DATA)/sample/evaluation/result_collage.png $(COLLAGE_COPY); fi
 	@echo "collage: $(DATA)/sample/evaluation/result_collage.png  report: $(DATA)/sample/stats/data_stats.md"
+
+# Every asset of one dataset, in order, every partition: `make dataset NAME=my-photos` (README: your own photos).
+PARTITIONS = TAGCOLOR_DATA_DIR=$(DATA) $(BIN)/python -m pipeline.defs.partitions $(NAME)
+dataset: setup instance
+	test -n "$(NAME)" || { echo "usage: make dataset NAME=<dataset>"; exit 2; }
+	for archive in $$($(PARTITIONS) archives); do $(LAUNCH) --assets '$(NAME)/archives' --partition $$archive || exit 1; done
+	$(LAUNCH) --assets '$(NAME)/tags_archive'
+	$(LAUNCH) --assets '$(NAME)/lab_shards' --partition-range $$($(PARTITIONS) lab_shards --range)
+	$(LAUNCH) --assets '$(NAME)/tag_tokens'
+	$(LAUNCH) --assets '$(NAME)/data_stats'
+	$(LAUNCH) --assets '$(NAME)/colorizer'
+	$(LAUNCH) --assets '$(NAME)/evaluation'
+	@echo "collage: $(DATA)/$(NAME)/evaluation/result_collage.png  report: $(DATA)/$(NAME)/stats/data_stats.md"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -16,8 +16,10 @@ one OpenCV thread, as a pool worker runs, all on the same photos:
 The same photos are then written into MIRFLICKR-1M-layout zips (the tag archive tokenized once by
 ``build_tag_tokens``, timed, for the tokenizer's throughput) and converted as shards of 1,000 images with 1 and
 N workers. Worker start-up (spawn and imports) is timed on its own, and scaling is reported with it (wall
-clock) and without it. Last, peak RSS of fresh one-worker processes: imports only, a 1,000-image shard and a
-10,000-image shard; equal peaks show that memory does not grow with the shard.
+clock) and without it. Then peak RSS of fresh one-worker processes: imports only, a 1,000-image shard and a
+10,000-image shard; equal peaks show that memory does not grow with the shard. Last, the same photos as a
+folder of files (kind ``folder``): the scan into the manifest (every file hashed) and the conversion of that
+shard, end to end in this process, against bare ``cv2.imdecode`` of the same files read from disk.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from pipeline.convert import ShardResult, TagCounts, convert_shard, convert_shar
 from pipeline.core.layout import DatasetPaths
 from pipeline.core.vocabulary import load_tag_encoding, resolve_o200k_file, tiktoken_cache_dir
 from pipeline.datasets import DatasetSpec, load_dataset_spec
+from pipeline.sources import folder
 from pipeline.sources.synthetic import FILLER_TAGS
 from pipeline.tokens import build_tag_tokens
 
@@ -194,6 +197,29 @@ def write_dataset(paths: DatasetPaths, spec: DatasetSpec, photos: list[bytes], v
     return build_tag_tokens(spec, paths, load_tag_encoding(vocabulary)).seconds
 
 
+def folder_seconds(tmp: Path, photos: list[bytes], n: int, size: int, vocabulary: Path) -> tuple[float, float, float]:
+    """Seconds to scan ``n`` photo files into a folder manifest, to convert them as one shard, and to decode
+    the same files bare. Each file gets a unique tail after its JPEG end, so no two are duplicates."""
+    root = tmp / "folder"
+    names = [f"album{i // 500:02d}/photo{i:06d}.jpg" for i in range(n)]
+    for i, name in enumerate(names):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(photos[i % len(photos)] + str(i).encode())
+    spec = folder.Spec(name="bench", path=str(root), image_size=size, shard_size=n)
+    paths = DatasetPaths(tmp / "data" / "bench")
+    began = time.perf_counter()
+    spec.obtain(folder.ARCHIVE, paths, None, print)
+    scanned = time.perf_counter()
+    live = spec.on_disk(paths)
+    ((_, counts),) = shard_tag_counts(live, paths, [0], vocabulary)
+    converted_from = time.perf_counter()
+    assert convert_shard(live, paths, 0, counts).n_valid == n
+    converted = time.perf_counter()
+    for name in names:
+        cv2.imdecode(np.frombuffer((root / name).read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    return scanned - began, converted - converted_from, time.perf_counter() - converted
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=200, help="distinct photos for the single-image rates")
@@ -204,6 +230,7 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rss-shard-images", type=int, default=10_000, help="images of the large RSS shard")
+    parser.add_argument("--folder-photos", type=int, default=2000, help="files of the folder benchmark")
     parser.add_argument(
         "--vocabulary",
         type=Path,
@@ -281,6 +308,7 @@ def main() -> None:
             result, rss = in_fresh_worker(convert_and_peak_rss, spec, paths, 0, counts)
             assert result.n_valid == n
             shard_rss[n] = rss, n / result.seconds
+        scan_s, convert_s, bare_s = folder_seconds(Path(tmp), photos, args.folder_photos, args.size, args.vocabulary)
 
     print(
         f"tokens.npy + tags.parquet for {everything.n_images} images by build_tag_tokens: {tag_seconds:.2f} s"
@@ -310,6 +338,12 @@ def main() -> None:
             f"  one {n:6d}-image shard ({n * args.size**2 * 3 / 2**20:6.0f} MiB of Lab): peak {rss:4.0f} MiB,"
             f" {speed:.0f} images/s"
         )
+    n = args.folder_photos
+    print(f"a folder of {n} photo files (kind folder), one shard, in this process:")
+    print(f"  scan into the manifest (every file read and hashed) {n / scan_s:7.0f} images/s")
+    print(f"  conversion of the shard                            {n / convert_s:7.0f} images/s")
+    print(f"  bare cv2.imdecode of the same files from disk       {n / bare_s:7.0f} images/s")
+    print(f"  folder end to end / bare decode ×{bare_s / (scan_s + convert_s):4.2f}")
 
 
 if __name__ == "__main__":
