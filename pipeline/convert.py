@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.core.color import colorfulness, rgb_to_lab_u8
+from pipeline.core.color import colorfulness, lab_u8_to_rgb, rgb_to_lab_u8
 from pipeline.core.files import atomic_path
 from pipeline.core.layout import DatasetPaths, shard_problems
 from pipeline.core.photos import QUARTER_TURNS, flatten, orientation, to_srgb, upright
@@ -194,6 +194,22 @@ def decode_to_lab(data: bytes, size: int) -> DecodedImage:
         )
 
 
+def lab_photo(lab: np.ndarray, size: int) -> DecodedImage:
+    """A photo a source holds as Lab already (the contract's encoding, ``(H, W, 3)`` uint8), at ``size``².
+
+    An all-zero row is no photo (a gap in an array); other sizes are center-cropped and box-filtered as photos.
+    """
+    if not lab.any():
+        raise PhotoUnavailable(EMPTY)
+    height, width = lab.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = np.ascontiguousarray(lab[top : top + side, left : left + side])
+    if side != size:
+        square = cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
+    return DecodedImage(lab=square, rgb=lab_u8_to_rgb(square), width=width, height=height, format="LAB", mode="LAB")
+
+
 def mean_chroma(lab: np.ndarray) -> float:
     """Mean √(a² + b²) of an encoded Lab image, in levels (0 for a neutral image).
 
@@ -282,7 +298,8 @@ def convert_shard(spec: DatasetSpec, paths: DatasetPaths, shard: int, counts: Ta
             for row in range(start, start + len(window)):
                 image_id = ids[row]
                 try:
-                    image = decode_to_lab(photos.read(image_id), size)
+                    photo = photos.read(image_id)
+                    image = decode_to_lab(photo, size) if isinstance(photo, bytes) else lab_photo(photo, size)
                 except PhotoUnavailable as error:
                     reasons[error.reason] += 1
                     reason[row] = error.reason
@@ -293,7 +310,7 @@ def convert_shard(spec: DatasetSpec, paths: DatasetPaths, shard: int, counts: Ta
                 dims[row] = image.width, image.height
                 grayscale[row] = mean_chroma(image.lab) < GRAYSCALE_CHROMA
                 colourful[row] = colorfulness(image.rgb)
-                reasons[NOT_JPEG] += not image.is_jpeg
+                reasons[NOT_JPEG] += isinstance(photo, bytes) and not image.is_jpeg
                 reasons[CMYK] += image.mode == "CMYK"
                 reasons[ROTATED] += image.rotated
                 reasons[ICC_CONVERTED] += image.icc_converted

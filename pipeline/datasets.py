@@ -26,6 +26,7 @@ DATASETS_DIR = CONFIG_DIR / "datasets"
 
 KINDS = {
     "folder": "pipeline.sources.folder",
+    "kaggle_lab": "pipeline.sources.kaggle_lab",
     "mirflickr1m": "pipeline.sources.mirflickr1m",
     "mirflickr25k": "pipeline.sources.mirflickr25k",
     "synthetic": "pipeline.sources.synthetic",

@@ -19,7 +19,7 @@ from pipeline.datasets import (
     parse_dataset_spec,
 )
 from pipeline.defs.resources import dataset_dirs_from_environ
-from pipeline.sources import folder, mirflickr1m, mirflickr25k, synthetic
+from pipeline.sources import folder, kaggle_lab, mirflickr1m, mirflickr25k, synthetic
 
 MIRFLICKR1M = {"name": "flickr", "kind": "mirflickr1m", "n_images": 10, "shard_size": 5, "base_url": "http://x/"}
 
@@ -45,6 +45,7 @@ def test_each_kind_is_its_module_spec() -> None:
     assert kind_spec("mirflickr25k") is mirflickr25k.Spec
     assert kind_spec("synthetic") is synthetic.Spec
     assert kind_spec("folder") is folder.Spec
+    assert kind_spec("kaggle_lab") is kaggle_lab.Spec
     assert {kind_spec(kind).kind for kind in KINDS} == set(KINDS)
     assert type(load_dataset_spec("sample")) is synthetic.Spec
 
@@ -59,7 +60,10 @@ def test_shard_spanning_two_archives_maps_to_both() -> None:
     [
         ({"colour": 1}, r"unknown key\(s\) \['colour'\] for kind 'mirflickr1m'"),
         ({"name": "Flickr!"}, "'name' must be lower-case"),
-        ({"kind": "zip"}, r"'kind' must be one of \['folder', 'mirflickr1m', 'mirflickr25k', 'synthetic'\], got 'zip'"),
+        (
+            {"kind": "zip"},
+            r"'kind' must be one of \['folder', 'kaggle_lab', 'mirflickr1m', 'mirflickr25k', 'synthetic'\], got 'zip'",
+        ),
         ({"shard_size": 0}, "'shard_size' must be a positive integer, got 0"),
         ({"n_images": "many"}, "'n_images': expected int, got 'many'"),
         ({"image_size": True}, "'image_size': expected int, got True"),

@@ -46,7 +46,8 @@ def prepare_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.AssetChec
                     "shard_contract",
                     asset=shards_key,
                     description="Each shard's shape and dtype, and its images.parquet rows are its ids in order.",
-                )
+                ),
+                *(dg.AssetCheckSpec(name, asset=shards_key, description=text) for name, text in spec.checks.items()),
             ],
             description=f"Lab {spec.image_size}² uint8 shards of {spec.shard_size} images and images.parquet rows.",
         )
@@ -63,9 +64,13 @@ def prepare_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.AssetChec
                     workers=config.workers or None,
                     progress=lambda shard: context.log.info(shard.summary),
                 )
+                verified = storage.resolve(spec).verify(storage.paths(spec.name))
                 return dg.MaterializeResult(
                     metadata=to_metadata(result.metadata),
-                    check_results=[check_result(result.problems, "shard_contract")],
+                    check_results=[
+                        check_result(result.problems, "shard_contract"),
+                        *(check_result(problems, name) for name, problems in verified.items()),
+                    ],
                 )
 
     @dg.asset(

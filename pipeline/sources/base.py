@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+import numpy as np
+
 from pipeline.core.config import ConfigError, typed_value
 from pipeline.core.layout import DatasetPaths, Sharding
 from pipeline.sources.download import DownloadProgress
@@ -50,8 +52,9 @@ class TagFileUnreadable(ValueError):
 class PhotoSource(Protocol):
     """Open photos of one dataset, read by image id."""
 
-    def read(self, image_id: int) -> bytes:
-        """The photo's file bytes; :class:`PhotoUnavailable` when it cannot be had."""
+    def read(self, image_id: int) -> bytes | np.ndarray:
+        """The photo's file bytes, or its pixels where the source holds them as Lab already (uint8
+        ``(H, W, 3)`` in the contract's encoding); :class:`PhotoUnavailable` when it cannot be had."""
         ...
 
     def unsafe_entries(self, ids: range) -> int:
@@ -160,6 +163,13 @@ class DatasetSpec(Sharding):
         for key in ("n_images", "shard_size", "image_size"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{source}: '{key}' must be a positive integer, got {getattr(self, key)!r}")
+
+    checks: ClassVar[dict[str, str]] = {}
+    """A kind's own asset checks on ``lab_shards``, by name: their descriptions (see :meth:`verify`)."""
+
+    def verify(self, paths: DatasetPaths) -> dict[str, str]:
+        """The problems each of :attr:`checks` finds once the shards exist ('' when none)."""
+        return {}
 
     derived: ClassVar[tuple[str, ...]] = ()
     """Fields the dataset's files fix (see :meth:`on_disk`), never set in YAML."""

@@ -1,0 +1,139 @@
+"""Kind ``kaggle_lab``: the published Lab arrays streamed into shards, tags from MIRFLICKR-25k, rows checked."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.convert import convert_shards
+from pipeline.core.color import rgb_to_lab_u8
+from pipeline.core.config import ConfigError
+from pipeline.core.layout import DatasetPaths, read_images_table
+from pipeline.core.vocabulary import load_tag_encoding
+from pipeline.datasets import parse_dataset_spec
+from pipeline.sources import kaggle_lab
+from pipeline.sources.synthetic import sample_image, sample_tags
+from pipeline.tokens import build_tag_tokens
+from tests.test_folder import SAMPLE, jpeg
+
+N, SIDE = 7, 32
+AB_ROWS = (4, 2, 1)
+
+
+def kaggle_arrays(root: Path, rgbs: list[np.ndarray], order: list[int] | None = None) -> np.ndarray:
+    """The published layout made from ``rgbs`` by a plain resize (rows in ``order``); returns the Lab rows."""
+    lab = np.stack([rgb_to_lab_u8(cv2.resize(rgb, (SIDE, SIDE), interpolation=cv2.INTER_AREA)) for rgb in rgbs])
+    lab = lab[order] if order is not None else lab
+    (root / "l").mkdir(parents=True, exist_ok=True)
+    (root / "ab" / "ab").mkdir(parents=True, exist_ok=True)
+    np.save(root / "l" / "gray_scale.npy", lab[..., 0])
+    start = 0
+    for k, rows in enumerate(AB_ROWS, start=1):
+        np.save(root / "ab" / "ab" / f"ab{k}.npy", lab[start : start + rows, ..., 1:])
+        start += rows
+    return lab
+
+
+@pytest.fixture
+def published(tmp_path: Path) -> tuple[Path, DatasetPaths, np.ndarray, list[bytes]]:
+    """Arrays in a download folder; MIRFLICKR-25k's zip in the mirflickr25k dataset's raw/, as a user has them."""
+    photos = [jpeg(sample_image(SAMPLE, k), quality=95) for k in range(N)]
+    rgbs = [cv2.cvtColor(cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for p in photos]
+    lab = kaggle_arrays(tmp_path / "download", rgbs)
+    data = tmp_path / "data"
+    shared = DatasetPaths(data / "mirflickr25k").archive("mirflickr25k")
+    shared.parent.mkdir(parents=True)
+    with zipfile.ZipFile(shared, "w") as archive:
+        for k, photo in enumerate(photos):
+            archive.writestr(f"mirflickr/im{k + 1}.jpg", photo)
+            archive.writestr(f"mirflickr/meta/tags/tags{k + 1}.txt", "".join(f"{t}\n" for t in sample_tags(SAMPLE, k)))
+    return tmp_path / "download", DatasetPaths(data / "kaggle"), lab, photos
+
+
+def spec_for(root: Path, **values: object) -> kaggle_lab.Spec:
+    raw = {"name": "kaggle", "kind": "kaggle_lab", "path": str(root), "shard_size": 3, "image_size": SIDE}
+    return parse_dataset_spec(raw | values)
+
+
+def test_rows_stream_into_shards_exactly_and_zero_rows_are_invalid(published, vocabulary_dir: Path) -> None:
+    root, paths, lab, _ = published
+    lab[5] = 0  # a gap in the arrays
+    np.save(root / "l" / "gray_scale.npy", lab[..., 0])
+    np.save(root / "ab" / "ab" / "ab2.npy", lab[4:6, ..., 1:])
+    spec = spec_for(root)
+    figures = spec.obtain("arrays", paths, None, print).figures
+    assert (figures["images"], figures["ab_files"]) == (N, 3)
+    live = spec.on_disk(paths)
+    assert (live.n_images, live.shard_keys()) == (N, ["000", "001", "002"])
+    results = convert_shards(live, paths, [0, 1, 2], vocabulary_dir, workers=1)
+    assert [r.n_valid for r in results] == [3, 2, 1]
+    shards = np.concatenate([np.load(paths.shard(s)) for s in range(3)])
+    valid = np.arange(N) != 5
+    np.testing.assert_array_equal(shards[valid], lab[valid])  # the rows, exactly
+    images = read_images_table(paths)
+    assert images["reason"].fillna("").tolist() == [""] * 5 + ["empty", ""]
+    assert results[0].reasons["not_jpeg"] == 0, "arrays are no photo files of another format"
+
+
+def test_tags_come_from_the_mirflickr25k_archive(published, vocabulary_dir: Path) -> None:
+    root, paths, _, _ = published
+    spec = spec_for(root)
+    spec.obtain("arrays", paths, None, print)
+    reused = spec.obtain_tags(paths, None, print)
+    assert reused.figures == {"reused": True} and reused.path.parts[-3:] == ("mirflickr25k", "raw", "mirflickr25k.zip")
+    result = build_tag_tokens(spec.on_disk(paths), paths, load_tag_encoding(vocabulary_dir))
+    assert (result.n_images, result.missing) == (N, 0)
+    with spec.open_tags(paths) as tags:
+        assert tags.read(2) == "".join(f"{t}\n" for t in sample_tags(SAMPLE, 2)).encode()
+
+
+def test_the_row_order_is_checked_against_the_photos(published, tmp_path: Path) -> None:
+    root, paths, _, photos = published
+    spec = spec_for(root)
+    spec.obtain("arrays", paths, None, print)
+    report = kaggle_lab.row_order(spec, paths)
+    assert (report.checked, report.mismatches, report.geometry) == (N, 0, "resize")
+    assert spec.verify(paths) == {"row_order": ""}
+    rgbs = [cv2.cvtColor(cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for p in photos]
+    kaggle_arrays(root, rgbs, order=[*range(1, N), 0])  # every row one photo off
+    shifted = kaggle_lab.row_order(spec, paths)
+    assert shifted.mismatches >= N - 1
+    assert spec.verify(paths)["row_order"].startswith(f"{shifted.mismatches} match no geometry")
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:300])
+
+
+DAMAGES = {
+    "missing L": (lambda root: (root / L).unlink(), r"gray_scale\.npy not found: expected uint8 \(N, S, S\)"),
+    "4-d L": (lambda root: np.save(root / L, np.zeros((N, SIDE, SIDE, 1), np.uint8)), r"expected uint8 \(N, S, S\)"),
+    "ab short": (lambda root: (root / AB / "ab3.npy").unlink(), r"6 ab rows for 7 L rows"),
+    "ab shape": (
+        lambda root: np.save(root / AB / "ab1.npy", np.zeros((4, SIDE, SIDE, 3), np.uint8)),
+        r"ab1\.npy: .*expected uint8 \(n, 32, 32, 2\)",
+    ),
+    "truncated": (lambda root: truncate(root / AB / "ab2.npy"), r"ab2\.npy: not a readable \.npy .*\(n, 32, 32, 2\)"),
+}
+L, AB = Path("l") / "gray_scale.npy", Path("ab") / "ab"
+
+
+@pytest.mark.parametrize(("damage", "message"), DAMAGES.values(), ids=DAMAGES.keys())
+def test_damaged_arrays_are_refused_naming_the_file_and_shape(published, damage, message: str) -> None:
+    root, paths, _, _ = published
+    damage(root)
+    with pytest.raises(ConfigError, match=message):
+        spec_for(root).obtain("arrays", paths, None, print)
+
+
+def test_without_a_path_the_message_says_both_ways(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.delenv("KAGGLE_KEY", raising=False)
+    spec = parse_dataset_spec({"name": "kaggle", "kind": "kaggle_lab"})
+    with pytest.raises(ConfigError, match=r"set 'path:' .* or install the extra .*Kaggle credentials"):
+        spec.obtain("arrays", DatasetPaths(tmp_path / "data" / "kaggle"), None, print)
