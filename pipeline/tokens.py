@@ -5,8 +5,9 @@ Tags are the tag file's non-empty stripped lines; their text is tokenized by :mo
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tiktoken
 
-from pipeline.core.contract import PAD_ID, TOKENS_PER_IMAGE, VOCAB_SIZE_WITH_PAD
-from pipeline.core.files import atomic_path
+from pipeline.core.contract import PAD_ID, TOKENS_PER_IMAGE, VOCAB_SIZE_WITH_PAD, WORDS_PER_IMAGE
+from pipeline.core.files import atomic_path, atomic_write_text
 from pipeline.core.layout import DatasetPaths
-from pipeline.core.vocabulary import encode_tags, tag_text
+from pipeline.core.vocabulary import encode_tags, kept_words, tag_text
 from pipeline.sources.base import DatasetSpec, TagFileUnreadable, TagSource
 
 CHUNK_SIZE = 50_000
@@ -109,6 +110,8 @@ class TagTokensResult:
     seconds: float
     tokens_path: Path
     tags_path: Path
+    words: int = 0
+    """Distinct words of the word tokenizer (``tag_words.npy``), the pad not counted."""
 
     @property
     def metadata(self) -> dict[str, object]:
@@ -122,6 +125,7 @@ class TagTokensResult:
             "truncated": self.truncated,
             "unsafe_members": self.unsafe_members,
             "distinct_tokens": self.distinct_tokens,
+            "distinct_words": self.words,
             "seconds": self.seconds,
         }
 
@@ -135,9 +139,10 @@ def build_tag_tokens(
     chunk_size: int = CHUNK_SIZE,
     num_threads: int = 2,
 ) -> TagTokensResult:
-    """Tokenize the tags of images ``0 … n_images − 1`` into ``tokens.npy`` and ``tags.parquet``.
+    """Tokenize the tags of images ``0 … n_images − 1`` into ``tokens.npy`` and ``tags.parquet``, then into
+    the word tokenizer's ``tag_words.npy`` and ``words.json`` (:func:`build_tag_words`).
 
-    Works chunk by chunk so memory stays bounded at 1M images; both files appear only when complete.
+    Works chunk by chunk so memory stays bounded at 1M images; each file appears only when complete.
     ``progress(done, total)`` is called after each chunk.
     """
     started = time.perf_counter()
@@ -181,6 +186,7 @@ def build_tag_tokens(
                     progress(ids.stop, n)
         out.flush()
         del out
+    words = build_tag_words(paths, chunk_size)
     return TagTokensResult(
         n_images=n,
         missing=missing,
@@ -193,4 +199,36 @@ def build_tag_tokens(
         seconds=time.perf_counter() - started,
         tokens_path=paths.tokens,
         tags_path=paths.tags_table,
+        words=words,
     )
+
+
+def build_tag_words(paths: DatasetPaths, chunk_size: int = CHUNK_SIZE) -> int:
+    """The seed's word tokenizer over ``tags.parquet``: ``tag_words.npy`` int32 ``(N, 8)`` and ``words.json``.
+
+    Each tag becomes one word (:func:`pipeline.core.vocabulary.tag_word`); the first 8 non-empty words of an
+    image are kept. The vocabulary is every kept word of the dataset, sorted, after ``''`` = 0, the pad, so no
+    word of the dataset is unknown. Two passes over the table (vocabulary, then ids) keep memory to the
+    vocabulary itself. Returns the number of distinct words.
+    """
+    table = pq.ParquetFile(paths.tags_table)
+
+    def kept() -> Iterator[list[list[str]]]:
+        for batch in table.iter_batches(batch_size=chunk_size, columns=["tags"]):
+            yield [kept_words(tags) for tags in batch.column("tags").to_pylist()]
+
+    vocabulary = sorted({word for chunk in kept() for words in chunk for word in words})
+    index = {word: i for i, word in enumerate(["", *vocabulary])}
+    with atomic_path(paths.tag_words, suffix=".npy") as tmp:
+        out = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.int32, shape=(table.metadata.num_rows, WORDS_PER_IMAGE)
+        )
+        row = 0
+        for chunk in kept():
+            for words in chunk:
+                out[row, : len(words)] = [index[word] for word in words]
+                row += 1
+        out.flush()
+        del out
+    atomic_write_text(paths.words, json.dumps(["", *vocabulary], ensure_ascii=False) + "\n")
+    return len(vocabulary)

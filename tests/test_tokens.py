@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +33,7 @@ from pipeline.core.vocabulary import (
 )
 from pipeline.sources import mirflickr1m, mirflickr25k
 from pipeline.sources.base import DatasetSpec
-from pipeline.tokens import build_tag_tokens, parse_tag_file, read_tags
+from pipeline.tokens import build_tag_tokens, build_tag_words, parse_tag_file, read_tags
 
 
 @pytest.fixture(scope="module")
@@ -352,7 +353,13 @@ def test_build_tag_tokens_1m_layout(
     assert result.distinct_tokens == len(set(expected.ravel().tolist()) - {PAD_ID})
     assert result.seconds > 0
     assert (result.tokens_path, result.tags_path) == (tags_1m.tokens, tags_1m.tags_table)
-    assert sorted(p.name for p in tags_1m.root.iterdir()) == ["raw", "tags.parquet", "tokens.npy"]
+    assert sorted(p.name for p in tags_1m.root.iterdir()) == [
+        "raw",
+        "tag_words.npy",
+        "tags.parquet",
+        "tokens.npy",
+        "words.json",
+    ]
     assert sorted(p.name for p in tags_1m.raw.iterdir()) == ["tags.zip"]
     assert not (tags_1m.root / "evil.txt").exists() and not (tags_1m.root.parent / "evil.txt").exists()
 
@@ -406,3 +413,28 @@ def test_missing_tag_archive_is_named(tmp_path: Path, encoding: tiktoken.Encodin
     with pytest.raises(FileNotFoundError, match=r"tags\.zip"):
         build_tag_tokens(sample_spec(2), paths, encoding)
     assert not paths.root.exists() or list(paths.root.iterdir()) == []
+
+
+def test_the_seed_word_tokenizer_against_a_hand_made_vocabulary(tmp_path: Path) -> None:
+    paths = DatasetPaths(tmp_path / "words")
+    paths.root.mkdir(parents=True)
+    tags = [
+        ["New York", "2007", "東京", "sky"],
+        ["café", "sky!", "ねこ", "Москва", "서울"],
+        [],
+        ["2008", "東京"],
+        [f"t{chr(97 + k)}" for k in range(10)],
+    ]
+    pq.write_table(pa.table({"image_id": list(range(5)), "tags": tags}), paths.tags_table)
+    assert build_tag_words(paths, chunk_size=2) == 12
+    vocabulary = ["", "NewYork", "café", "sky", "ta", "tb", "tc", "td", "te", "tf", "tg", "th", "Москва"]
+    assert json.loads(paths.words.read_text()) == vocabulary, "'' = 0, then sorted; digits and CJK gone"
+    words = np.load(paths.tag_words)
+    assert words.dtype == np.int32 and words.shape == (5, 8)
+    assert words.tolist() == [
+        [1, 3, 0, 0, 0, 0, 0, 0],
+        [2, 3, 12, 0, 0, 0, 0, 0],
+        [0] * 8,
+        [0] * 8,
+        [4, 5, 6, 7, 8, 9, 10, 11],
+    ], "tags that become empty are dropped before the first 8 are kept"

@@ -24,6 +24,9 @@ VOCAB_SIZE_WITH_PAD = PAD_ID + 1
 
 SHARD_NAME = "lab_{shard:03d}.npy"
 
+WORDS_PER_IMAGE = 8
+"""Whole-tag words kept per image by the word tokenizer (the seed's first one); 0 is the pad, the empty word."""
+
 
 def token_problems(tokens: np.ndarray) -> str:
     """Contract violations of a token matrix ('' when none): dtype, width, id range, pads only trailing."""

@@ -45,6 +45,8 @@ class DatasetPaths:
     stats = _below_root("stats", "``data_stats``: tables, report and plots.")
     runs = _below_root("runs", "One directory per training run, ``runs/<run_name>/``.")
     evaluation = _below_root("evaluation", "Metrics and collages of the last evaluation.")
+    tag_words = _below_root("tag_words.npy", "int32 ``(N, 8)`` word ids, row ``i`` ↔ image ``i``, 0 = pad.")
+    words = _below_root("words.json", "The word vocabulary: a JSON list, the word of id ``k`` at index ``k``.")
     split = _below_root("split.json", "The sharding and held-out shard a growing dataset fixed when first obtained.")
 
     def archive(self, archive: str) -> Path:

@@ -11,9 +11,11 @@ import base64
 import functools
 import hashlib
 import itertools
+import re
 import subprocess
 import sys
 import tempfile
+import unicodedata
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +25,7 @@ import numpy as np
 import requests
 import tiktoken
 
-from pipeline.core.contract import PAD_ID, TOKENS_PER_IMAGE, VOCAB_SIZE_WITH_PAD
+from pipeline.core.contract import PAD_ID, TOKENS_PER_IMAGE, VOCAB_SIZE_WITH_PAD, WORDS_PER_IMAGE
 from pipeline.core.files import atomic_write_bytes
 
 O200K_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
@@ -253,3 +255,24 @@ def encode_tags(
 def token_text(encoding: tiktoken.Encoding) -> Callable[[int], str]:
     """A token id's text; bytes that are not UTF-8 on their own (part of a character) show as escapes."""
     return lambda token: encoding.decode_single_token_bytes(token).decode("utf-8", "backslashreplace")
+
+
+_CJK = re.compile(
+    "[\u1100-\u11ff\u2e80-\u2fdf\u3000-\u303f\u3040-\u309f\u30a0-\u30ff\u3130-\u318f\u31f0-\u31ff"
+    "\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f\U00020000-\U0002fa1f]"
+)
+"""Han, kana and Hangul (with their punctuation and compatibility forms): the scripts the word tokenizer drops."""
+
+
+def tag_word(tag: str) -> str:
+    """A tag as the word tokenizer keeps it: letters of alphabetic scripts only, in one piece.
+
+    Digits, spaces, punctuation and CJK characters are removed (``New York!`` → ``NewYork``, ``東京`` → '').
+    """
+    text = unicodedata.normalize("NFC", tag)
+    return "".join(c for c in text if unicodedata.category(c).startswith("L") and not _CJK.match(c))
+
+
+def kept_words(tags: Sequence[str]) -> list[str]:
+    """The first :data:`WORDS_PER_IMAGE` non-empty words of ``tags`` (tags that become empty are dropped first)."""
+    return [word for word in map(tag_word, tags) if word][:WORDS_PER_IMAGE]
