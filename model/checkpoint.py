@@ -88,12 +88,17 @@ def new_state(config: TrainConfig, index: TokenIndex, device: torch.device) -> T
     )
 
 
+def saved_index(payload: dict[str, Any]) -> TokenIndex:
+    """The token index a checkpoint was trained with (checkpoints from before ``words`` existed: o200k)."""
+    return TokenIndex.from_state(payload["token_index"], payload.get("tokenizer", "o200k"), payload.get("words", ()))
+
+
 def restore_state(payload: dict[str, Any], config: TrainConfig, device: torch.device, *, resume: bool) -> TrainState:
     """A new state holding the checkpoint's weights; with ``resume`` also its optimizers and position.
 
     Learning rate and betas come from ``config``, so a resumed run may change them.
     """
-    state = new_state(config, TokenIndex.from_state(payload["token_index"]), device)
+    state = new_state(config, saved_index(payload), device)
     try:
         state.generator.load_state_dict(payload["generator"])
         state.critic.load_state_dict(payload["critic"])
@@ -150,6 +155,8 @@ def checkpoint_payload(state: TrainState, config: TrainConfig, rng: list[dict[st
         "offset": state.position.offset,
         "rng": rng,
         "token_index": state.index.state(),
+        "tokenizer": state.index.tokenizer,
+        "words": list(state.index.words),
         "config": config.to_dict(),
     }
 

@@ -21,12 +21,20 @@ import numpy as np
 from PIL import Image
 
 from model.checkpoint import CheckpointError
+from model.data import TokenIndex
 from model.inference import Colorizer
 from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb, rgb_to_lab_u8
-from pipeline.core.contract import TOKENS_PER_IMAGE
+from pipeline.core.contract import WORDS_PER_IMAGE
 from pipeline.core.files import atomic_path
 from pipeline.core.photos import flatten, to_srgb, upright
-from pipeline.core.vocabulary import VocabularyError, encode_tags, load_tag_encoding, tag_text, tiktoken_cache_dir
+from pipeline.core.vocabulary import (
+    VocabularyError,
+    encode_tags,
+    kept_words,
+    load_tag_encoding,
+    tag_text,
+    tiktoken_cache_dir,
+)
 
 CHROMA_SCALES = (1.0, 0.75, 0.5, 0.25, 0.0)
 """Shares of the predicted chroma tried per pixel, largest first; grey (0) always fits."""
@@ -80,15 +88,15 @@ def rgb_keeping_lightness(lightness: np.ndarray, ab: np.ndarray) -> np.ndarray:
 
 
 def colorize_image(rgb: np.ndarray, colorizer: Colorizer, tokens: np.ndarray) -> np.ndarray:
-    """Colour uint8 RGB ``(H, W, 3)`` of any size under raw o200k ``tokens`` ``(20,)``; same size out.
+    """Colour uint8 RGB ``(H, W, 3)`` of any size under raw tag ids ``tokens`` (:func:`tag_ids`); same size out.
 
     Only the lightness of ``rgb`` is used: a colour photo is coloured anew.
     """
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected uint8 RGB (H, W, 3), got {rgb.dtype} {rgb.shape}")
     tokens = np.asarray(tokens, dtype=np.int32)
-    if tokens.shape != (TOKENS_PER_IMAGE,):
-        raise ValueError(f"expected one row of {TOKENS_PER_IMAGE} tokens, got shape {tokens.shape}")
+    if tokens.shape != (colorizer.index.width,):
+        raise ValueError(f"expected one row of {colorizer.index.width} tokens, got shape {tokens.shape}")
     height, width = rgb.shape[:2]
     lightness = rgb_to_lab_u8(rgb)[..., 0]
     size = colorizer.image_size
@@ -96,6 +104,21 @@ def colorize_image(rgb: np.ndarray, colorizer: Colorizer, tokens: np.ndarray) ->
     ab_small = colorizer.predict_ab(small[None], tokens[None])[0]
     ab = cv2.resize(ab_small, (width, height), interpolation=cv2.INTER_CUBIC)
     return rgb_keeping_lightness(lightness, ab)
+
+
+def tag_ids(tags: list[str], index: TokenIndex) -> np.ndarray:
+    """The raw ids of ``tags`` for the checkpoint's tokenizer: 20 o200k tokens, or the ids of up to 8 words of
+    its training vocabulary (tags it never saw are skipped, and said so on stderr)."""
+    if index.tokenizer == "o200k":
+        tokens, _ = encode_tags([tag_text(tags)], load_tag_encoding(tiktoken_cache_dir(os.environ)))
+        return tokens[0]
+    known = {word: i for i, word in enumerate(index.words)}
+    words = kept_words(tags)
+    unseen = [word for word in words if word not in known]
+    if unseen:
+        print(f"tags this checkpoint never saw, skipped: {', '.join(unseen)}", file=sys.stderr)
+    ids = [known[word] for word in words if word in known][:WORDS_PER_IMAGE]
+    return np.array(ids + [index.pad] * (WORDS_PER_IMAGE - len(ids)), dtype=np.int32)
 
 
 def write_png(rgb: np.ndarray, path: Path) -> Path:
@@ -126,15 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"several photos would be written to {', '.join(clashes)}; use distinct names")
     try:
         colorizer = Colorizer.from_checkpoint(args.checkpoint, device=args.device)
-        encoding = load_tag_encoding(tiktoken_cache_dir(os.environ))
+        tokens = tag_ids(parse_tags(args.tags), colorizer.index)
     except (CheckpointError, VocabularyError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
-    tokens, _ = encode_tags([tag_text(parse_tags(args.tags))], encoding)
 
     failed = 0
     for image, target in zip(args.images, targets, strict=True):
         try:
-            coloured = colorize_image(read_rgb(image), colorizer, tokens[0])
+            coloured = colorize_image(read_rgb(image), colorizer, tokens)
             print(write_png(coloured, target))
         except (ColorizeError, OSError) as error:
             print(f"{parser.prog}: error: {error}", file=sys.stderr)

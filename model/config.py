@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import yaml
 
+from model.data import TOKENIZERS
 from pipeline.core.config import typed_value
 from pipeline.core.layout import DataError, DatasetLayout, read_layout
 
@@ -80,6 +81,8 @@ class TrainConfig:
     pool: str = "attention"
     """How the tag encoders pool tokens: "attention" learns to pick out the telling tags among the filler
     (on the sample it halves the error ratio of true to shuffled tags against "mean" at equal steps)."""
+    tokenizer: str = "o200k"
+    """``o200k`` (20 tokens of the tags' text) or ``words`` (the seed's first tokenizer: 8 whole tags)."""
     min_token_count: int = 1
     """Tokens seen fewer times in the training split share the "unknown" embedding."""
     log_every: int = 10
@@ -135,6 +138,7 @@ def _check_values(config: TrainConfig) -> None:
     _require(0 <= config.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {config.ema_decay}")
     _require(config.max_steps is None or config.max_steps > 0, "max_steps", "must be positive or null")
     _require(config.pool in ("mean", "attention"), "pool", f"must be 'mean' or 'attention', got {config.pool!r}")
+    _require(config.tokenizer in TOKENIZERS, "tokenizer", f"must be one of {TOKENIZERS}, got {config.tokenizer!r}")
     _require(config.device in ("auto", "cpu", "cuda"), "device", f"must be auto, cpu or cuda, not {config.device!r}")
     _require(config.device != "cuda" or torch.cuda.is_available(), "device", "cuda requested but no GPU is visible")
     _require(

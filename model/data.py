@@ -7,10 +7,12 @@ one copy to the device; scaling, flipping and resizing happen there.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,58 +20,93 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.core.color import AB_HALF_RANGE, L_HALF_RANGE, NEUTRAL_AB
-from pipeline.core.contract import PAD_ID, VOCAB_SIZE_WITH_PAD
-from pipeline.core.layout import DataError, DatasetLayout
+from pipeline.core.contract import PAD_ID, TOKENS_PER_IMAGE, VOCAB_SIZE_WITH_PAD, WORDS_PER_IMAGE
+from pipeline.core.layout import DataError, DatasetLayout, DatasetPaths
+
+TOKENIZERS = ("o200k", "words")
+"""``o200k``: 20 o200k_base ids per photo (``tokens.npy``); ``words``: the seed's first tokenizer, 8 whole-tag
+words per photo (``tag_words.npy``, ids into the dataset's ``words.json``)."""
 
 
 class TokenIndex:
-    """Dense re-indexing of raw o200k ids: 0 is the pad, 1 … V the known tokens, V + 1 "unknown".
+    """Dense re-indexing of a tokenizer's raw ids: 0 is the pad, 1 … V the known tokens, V + 1 "unknown".
 
     o200k has 200k ids but a tag corpus uses a small fraction of them; a dense index keeps the embedding
-    tables (and their optimizer state) that small.
+    tables (and their optimizer state) that small. For ``words`` the raw ids index ``words`` (``''`` = 0, the
+    pad), which the index keeps so that a checkpoint can turn a user's tags into ids without the dataset.
     """
 
-    def __init__(self, vocabulary: np.ndarray) -> None:
+    def __init__(self, vocabulary: np.ndarray, tokenizer: str = "o200k", words: Sequence[str] = ()) -> None:
+        if tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {tokenizer!r}")
+        self.tokenizer = tokenizer
+        self.words = tuple(words)
+        self.pad = PAD_ID if tokenizer == "o200k" else 0
+        raw_size = VOCAB_SIZE_WITH_PAD if tokenizer == "o200k" else max(len(self.words), 1)
         self.vocabulary = np.unique(np.asarray(vocabulary, dtype=np.int64))
-        if self.vocabulary.size and (self.vocabulary[0] < 0 or self.vocabulary[-1] >= PAD_ID):
-            raise ValueError("a token index holds o200k ids 0 … 200018 only")
+        ordinary = (self.vocabulary >= 0) & (self.vocabulary < raw_size) & (self.vocabulary != self.pad)
+        if not ordinary.all():
+            raise ValueError(f"a {tokenizer} token index holds ids 0 … {raw_size - 1} but the pad {self.pad} only")
         self.unknown = len(self.vocabulary) + 1
-        self._lookup = np.full(VOCAB_SIZE_WITH_PAD, self.unknown, dtype=np.int64)
-        self._lookup[PAD_ID] = 0
+        self._lookup = np.full(raw_size, self.unknown, dtype=np.int64)
+        self._lookup[self.pad] = 0
         self._lookup[self.vocabulary] = np.arange(1, len(self.vocabulary) + 1)
 
     @classmethod
-    def build(cls, tokens: np.ndarray, min_count: int = 1) -> TokenIndex:
+    def build(
+        cls, tokens: np.ndarray, min_count: int = 1, tokenizer: str = "o200k", words: Sequence[str] = ()
+    ) -> TokenIndex:
         """Index the ids occurring at least ``min_count`` times in ``tokens``."""
-        counts = np.bincount(np.asarray(tokens).ravel(), minlength=VOCAB_SIZE_WITH_PAD)[:PAD_ID]
-        return cls(np.flatnonzero(counts >= min_count))
+        pad = PAD_ID if tokenizer == "o200k" else 0
+        counts = np.bincount(np.asarray(tokens).ravel(), minlength=pad + 1)
+        counts[pad] = 0
+        return cls(np.flatnonzero(counts >= min_count), tokenizer, words)
 
     @property
     def size(self) -> int:
         """Rows an embedding table needs: pad, the vocabulary and "unknown"."""
         return len(self.vocabulary) + 2
 
+    @property
+    def width(self) -> int:
+        """Raw ids per photo: 20 o200k tokens or 8 words."""
+        return TOKENS_PER_IMAGE if self.tokenizer == "o200k" else WORDS_PER_IMAGE
+
     def dense(self, tokens: np.ndarray) -> np.ndarray:
-        """Raw ids ``(..., 20)`` → dense int64 ids; an id outside o200k + pad counts as unknown."""
+        """Raw ids ``(..., width)`` → dense int64 ids; an id outside the tokenizer's range counts as unknown."""
         tokens = np.asarray(tokens)
-        inside = (tokens >= 0) & (tokens < VOCAB_SIZE_WITH_PAD)
+        inside = (tokens >= 0) & (tokens < len(self._lookup))
         return np.where(inside, self._lookup[np.where(inside, tokens, 0)], self.unknown)
 
     def state(self) -> torch.Tensor:
-        """The vocabulary as a tensor, which is all a checkpoint needs to rebuild the index."""
+        """The vocabulary as a tensor; with :attr:`tokenizer` and :attr:`words`, what a checkpoint needs."""
         return torch.from_numpy(self.vocabulary.copy())
 
     @classmethod
-    def from_state(cls, state: torch.Tensor) -> TokenIndex:
-        return cls(state.numpy())
+    def from_state(cls, state: torch.Tensor, tokenizer: str = "o200k", words: Sequence[str] = ()) -> TokenIndex:
+        return cls(state.numpy(), tokenizer, words)
 
 
-def training_tokens(layout: DatasetLayout, holdout_shard: int) -> np.ndarray:
+def tokens_file(paths: DatasetPaths, tokenizer: str) -> Path:
+    """The token matrix a tokenizer reads: ``tokens.npy`` or ``tag_words.npy``."""
+    return paths.tokens if tokenizer == "o200k" else paths.tag_words
+
+
+def dataset_words(paths: DatasetPaths, tokenizer: str) -> list[str]:
+    """The word vocabulary (``words.json``) for ``words``, nothing for ``o200k``."""
+    if tokenizer == "o200k":
+        return []
+    if not paths.words.is_file():
+        raise DataError(f"{paths.words} does not exist; materialize tag_tokens again")
+    return json.loads(paths.words.read_text())
+
+
+def training_tokens(layout: DatasetLayout, holdout_shard: int, tokenizer: str = "o200k") -> np.ndarray:
     """Token rows of every image outside the held-out shard: the corpus a :class:`TokenIndex` is built on.
 
     All training shards, not only a run's subset, so runs over successive subsets share one index.
     """
-    tokens = np.load(layout.paths.tokens, mmap_mode="r")
+    tokens = np.load(tokens_file(layout.paths, tokenizer), mmap_mode="r")
     held = layout.shard_ids(holdout_shard)
     return np.concatenate([tokens[: held.start], tokens[held.stop :]])
 
@@ -80,7 +117,9 @@ class TrainingSet:
     Nothing is loaded: shards and tokens stay memory-mapped and :meth:`gather` copies the rows a batch needs.
     """
 
-    def __init__(self, layout: DatasetLayout, shards: Sequence[int], skip_grayscale: bool) -> None:
+    def __init__(
+        self, layout: DatasetLayout, shards: Sequence[int], skip_grayscale: bool, tokenizer: str = "o200k"
+    ) -> None:
         columns = ["image_id", "shard", "row", "valid", "is_grayscale"]
         table = pd.read_parquet(layout.paths.images_table, columns=columns).sort_values("image_id")
         table = table[table["shard"].isin(list(shards))]
@@ -93,7 +132,7 @@ class TrainingSet:
         self.shard = table["shard"].to_numpy(np.int64)[keep]
         self.row = table["row"].to_numpy(np.int64)[keep]
         self.shards = {int(s): np.load(layout.paths.shard(int(s)), mmap_mode="r") for s in shards}
-        self.tokens = np.load(layout.paths.tokens, mmap_mode="r")
+        self.tokens = np.load(tokens_file(layout.paths, tokenizer), mmap_mode="r")
         self.global_index = self.shard * layout.shard_size + self.row
         kinds = {(array.dtype, array.shape[1:]) for array in self.shards.values()}
         dtype, shape = next(iter(kinds))

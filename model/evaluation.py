@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from model.data import tokens_file
 from model.inference import Colorizer
 from model.metrics import ImageMetrics, image_metrics
 from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb
-from pipeline.core.contract import PAD_ID
 from pipeline.core.files import atomic_write_text
 from pipeline.core.layout import DatasetPaths
 from pipeline.core.render import CollageRow, Markdown, preview_markdown, render_collage
@@ -227,10 +227,11 @@ def evaluate_checkpoint(
 
     colorizer = Colorizer.from_checkpoint(checkpoint, device=device)
     ids = selection["image_id"].to_numpy()
-    true_tokens = np.asarray(np.load(paths.tokens, mmap_mode="r")[ids], dtype=np.int32)
+    tokens = np.load(tokens_file(paths, colorizer.index.tokenizer), mmap_mode="r")  # the checkpoint's tokenizer
+    true_tokens = np.asarray(tokens[ids], dtype=np.int32)
     condition_tokens = {
         "tags": true_tokens,
-        "pad": np.full_like(true_tokens, PAD_ID),
+        "pad": np.full_like(true_tokens, colorizer.index.pad),
         "shuffled": true_tokens[derangement(len(ids), seed)],
     }
     parts: dict[str, list[ImageMetrics]] = {name: [] for name in CONDITIONS + BASELINES}

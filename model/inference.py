@@ -8,11 +8,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.checkpoint import CheckpointError, architecture, load_checkpoint
+from model.checkpoint import CheckpointError, architecture, load_checkpoint, saved_index
 from model.data import TokenIndex
 from model.networks import Generator
 from pipeline.core.color import l_to_unit, unit_to_ab
-from pipeline.core.contract import TOKENS_PER_IMAGE
 
 
 def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -34,7 +33,7 @@ class Colorizer:
     def from_checkpoint(cls, path: Path, device: str = "cpu") -> Colorizer:
         """The EMA generator, token index and training resolution of a checkpoint."""
         payload = load_checkpoint(Path(path))
-        index = TokenIndex.from_state(payload["token_index"])
+        index = saved_index(payload)
         generator = Generator(index.size, **architecture(payload["config"]))
         try:
             generator.load_state_dict(payload["ema"])
@@ -44,14 +43,15 @@ class Colorizer:
 
     @torch.no_grad()
     def predict_ab(self, l_u8: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """L ``(B, H, W)`` uint8 and raw o200k tokens ``(B, 20)`` → encoded a, b ``(B, H, W, 2)`` uint8.
+        """L ``(B, H, W)`` uint8 and raw tag ids ``(B, width)`` (20 o200k tokens, or 8 words) → encoded a, b
+        ``(B, H, W, 2)`` uint8.
 
         The net runs at its training size; other sizes are resized there and back.
         """
         if l_u8.ndim != 3 or l_u8.dtype != np.uint8:
             raise ValueError(f"l_u8 must be uint8 (B, H, W), got {l_u8.dtype} {l_u8.shape}")
-        if tokens.shape != (len(l_u8), TOKENS_PER_IMAGE):
-            raise ValueError(f"tokens must have shape ({len(l_u8)}, {TOKENS_PER_IMAGE}), got {tokens.shape}")
+        if tokens.shape != (len(l_u8), self.index.width):
+            raise ValueError(f"tokens must have shape ({len(l_u8)}, {self.index.width}), got {tokens.shape}")
         height, width = l_u8.shape[1:]
         lightness = torch.from_numpy(l_to_unit(l_u8)).unsqueeze(1).to(self.device)
         dense = torch.from_numpy(self.index.dense(tokens)).to(self.device)

@@ -38,6 +38,7 @@ from model.checkpoint import (
     restore_state,
     rng_state,
     save_checkpoint,
+    saved_index,
     set_rng_state,
 )
 from model.config import (
@@ -48,7 +49,7 @@ from model.config import (
     read_train_config,
     validate_train_config,
 )
-from model.data import BatchLoader, TokenIndex, TrainingSet, to_device, training_tokens
+from model.data import BatchLoader, TokenIndex, TrainingSet, dataset_words, to_device, training_tokens
 from model.losses import LossWeights, critic_loss, generator_loss
 from pipeline.core.files import atomic_path, atomic_write_text
 from pipeline.core.layout import DataError, read_layout
@@ -164,8 +165,10 @@ def optimizer_step(
     optimizer.step()
 
 
-def check_architecture(config: TrainConfig, saved: dict[str, Any], source: Path) -> None:
-    for key, value in architecture(saved).items():
+def check_architecture(config: TrainConfig, payload: dict[str, Any], source: Path) -> None:
+    """The networks' shape and the tokenizer their tag embeddings were learnt for must be the checkpoint's."""
+    saved = architecture(payload["config"]) | {"tokenizer": saved_index(payload).tokenizer}
+    for key, value in saved.items():
         if getattr(config, key) != value:
             raise TrainConfigError(f"{key}: {source} was trained with {value!r}, not {getattr(config, key)!r}")
 
@@ -217,17 +220,19 @@ def _initial_state(
     torch.manual_seed(config.seed + ddp.rank)
     if config.resume and latest.is_file():
         payload = load_checkpoint(latest)
-        check_architecture(config, payload["config"], latest)
+        check_architecture(config, payload, latest)
         check_data_order(config, payload["config"], latest)
         return restore_state(payload, config, device, resume=True), payload["rng"]
     if config.init_from is not None:
         payload = load_checkpoint(Path(config.init_from))
-        check_architecture(config, payload["config"], Path(config.init_from))
+        check_architecture(config, payload, Path(config.init_from))
         return restore_state(payload, config, device, resume=False), None
     if config.resume:
         logger.info("resume: no checkpoint in %s yet, starting fresh", config.run_dir)
     layout = read_layout(Path(config.data_root), config.shards)
-    index = TokenIndex.build(training_tokens(layout, config.holdout_shard), config.min_token_count)
+    tokens = training_tokens(layout, config.holdout_shard, config.tokenizer)
+    words = dataset_words(layout.paths, config.tokenizer)
+    index = TokenIndex.build(tokens, config.min_token_count, config.tokenizer, words)
     return new_state(config, index, device), None
 
 
@@ -282,7 +287,8 @@ def _train(
     if ddp.is_main:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
 
-    dataset = TrainingSet(read_layout(Path(config.data_root), config.shards), config.shards, config.skip_grayscale)
+    layout = read_layout(Path(config.data_root), config.shards)
+    dataset = TrainingSet(layout, config.shards, config.skip_grayscale, config.tokenizer)
     loader = BatchLoader(
         dataset,
         state.index,

@@ -25,6 +25,7 @@ from dagster_pipes import encode_param
 import model.checkpoint as checkpoint_module
 import model.train as train_module
 from model.checkpoint import CheckpointError, load_checkpoint
+from model.colorize import tag_ids
 from model.config import TrainConfig, TrainConfigError, config_from_dict, load_train_config, validate_train_config
 from model.data import BatchLoader, HostBatch, Position, TokenIndex, TrainingSet, to_device
 from model.inference import Colorizer
@@ -552,3 +553,30 @@ def test_tags_carry_the_colour(vocabulary_dir: Path, tmp_path: Path) -> None:
     ratio = error_true / error_shuffled
     print(f"ab error with true tags {error_true:.2f}, shuffled {error_shuffled:.2f}, ratio {ratio:.3f}")
     assert ratio < 0.7
+
+
+def test_the_word_tokenizer_trains_and_its_checkpoint_carries_the_vocabulary(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "worded"
+    shutil.copytree(dataset, root)
+    words = ["", "red", "blue", "sky"]
+    rows = np.zeros((N_IMAGES, 8), np.int32)
+    rows[:, 0] = 1 + np.arange(N_IMAGES) % 3
+    np.save(root / "tag_words.npy", rows)
+    (root / "words.json").write_text(json.dumps(words))
+    result = train(tiny_config(root, tmp_path, max_steps=2, tokenizer="words"))
+    saved = load_checkpoint(result.checkpoint)
+    assert (saved["tokenizer"], saved["words"]) == ("words", words)
+    assert saved["token_index"].tolist() == [1, 2, 3], "the words that occur, pad left out"
+    colorizer = Colorizer.from_checkpoint(result.checkpoint)
+    assert (colorizer.index.width, colorizer.index.pad) == (8, 0)
+    assert colorizer.predict_ab(np.full((1, SIZE, SIZE), 128, np.uint8), rows[:1]).shape == (1, SIZE, SIZE, 2)
+    with pytest.raises(ValueError, match=r"shape \(1, 8\)"):
+        colorizer.predict_ab(np.full((1, SIZE, SIZE), 128, np.uint8), np.zeros((1, 20), np.int32))
+    assert tag_ids(["sky!", "東京", "sunset", "red"], colorizer.index).tolist() == [3, 1, 0, 0, 0, 0, 0, 0]
+    assert "never saw, skipped: sunset" in capsys.readouterr().err
+    with pytest.raises(TrainConfigError, match=r"tokenizer: .* was trained with 'words', not 'o200k'"):
+        train(tiny_config(root, tmp_path, max_steps=3, resume=True))
+    with pytest.raises(TrainConfigError, match="tokenizer: must be one of"):
+        train(tiny_config(root, tmp_path, tokenizer="bpe"))
