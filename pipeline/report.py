@@ -216,6 +216,15 @@ def render_markdown(
         _section("top_tags", tables["top_tags"], "The most frequent tags (occurrences).", LIST_ROWS),
         _section("tags_per_image", tables["tags_per_image"], "Images by number of tags.", HISTOGRAM_ROWS),
         f"![Tags per image]({PLOTS_DIR}/tags_per_image.png)\n",
+        "## Tokenizers: o200k against whole-tag words\n",
+        _section(
+            "tokenizers",
+            tables["tokenizers"],
+            "The two tokenizers over the kept ids (pad excluded): `vocabulary` ids the tokenizer has (o200k: "
+            "the 199,998 ordinary ones; words: the dataset's), `never_used`, `singletons` (ids occurring once) "
+            "and their share of the ids used, the share of tagged images whose kept ids are all singletons, and "
+            "the share of the held-out shard's id occurrences the training shards never hold.",
+        ),
     ]
     return "\n".join(parts)
 

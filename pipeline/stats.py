@@ -9,6 +9,7 @@ metadata.
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import time
@@ -33,7 +34,7 @@ from pipeline.core.contract import (
     VOCAB_SIZE_WITH_PAD,
 )
 from pipeline.core.files import atomic_path
-from pipeline.core.layout import DatasetPaths, read_images_table
+from pipeline.core.layout import DatasetPaths, Split, read_images_table
 from pipeline.core.render import Markdown
 from pipeline.report import write_report
 
@@ -201,6 +202,49 @@ def shard_table(images: pd.DataFrame, n_shards: int) -> pd.DataFrame:
     return table.reset_index()
 
 
+def tokenizer_table(paths: DatasetPaths, n_shards: int) -> pd.DataFrame:
+    """The seed's argument for o200k against whole-tag words, side by side, one row per tokenizer on disk.
+
+    Over the kept ids (pad excluded): the vocabulary's size, its ids never used, the ids occurring once
+    (count and share of the ids used), the share of tagged images whose kept ids are all such singletons, and
+    the share of the held-out shard's id occurrences absent from the training shards' vocabulary.
+    """
+    split = Split.read(paths)
+    holdout = split.holdout_shard if split else n_shards - 1
+    rows = []
+    sources = [("o200k", paths.tokens, PAD_ID, O200K_ORDINARY_TOKENS)]
+    if paths.tag_words.is_file() and paths.words.is_file():
+        sources.append(("words", paths.tag_words, 0, len(json.loads(paths.words.read_text())) - 1))
+    for name, path, pad, vocabulary in sources:
+        ids = np.load(path, mmap_mode="r")
+        shard_size = -(-len(ids) // max(n_shards, 1))
+        held = np.zeros(len(ids), dtype=bool)
+        held[holdout * shard_size : (holdout + 1) * shard_size] = True
+        counts = np.bincount(np.asarray(ids).ravel(), minlength=pad + 1)
+        counts[pad] = 0
+        used = int((counts > 0).sum())
+        singleton = counts == 1
+        kept = np.asarray(ids) != pad
+        tagged = kept.any(axis=1)
+        all_singletons = tagged & (~kept | singleton[np.asarray(ids)]).all(axis=1)
+        training = np.bincount(np.asarray(ids[~held]).ravel(), minlength=len(counts))
+        held_ids = np.asarray(ids[held])[np.asarray(ids[held]) != pad]
+        rows.append(
+            {
+                "tokenizer": name,
+                "per_image": ids.shape[1],
+                "vocabulary": vocabulary,
+                "used": used,
+                "never_used": vocabulary - used,
+                "singletons": int(singleton.sum()),
+                "share_singletons": float(singleton.sum()) / used if used else math.nan,
+                "share_images_all_singletons": float(all_singletons.sum()) / tagged.sum() if tagged.any() else math.nan,
+                "share_held_out_unseen": float((training[held_ids] == 0).mean()) if held_ids.size else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def token_tables(
     tokens: np.ndarray, full_counts: np.ndarray, decode_token: Callable[[int], str]
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -328,6 +372,7 @@ def compute_data_stats(
     )
     tag_summary, top_tags, tags_per_image = tag_tables(paths.tags_table)
     shards = shard_table(images, n_shards)
+    tokenizers = tokenizer_table(paths, n_shards)
     tables = {
         "channels": channels,
         "channel_summary": channel_summary,
@@ -338,6 +383,7 @@ def compute_data_stats(
         "tag_summary": tag_summary,
         "top_tags": top_tags,
         "tags_per_image": tags_per_image,
+        "tokenizers": tokenizers,
     }
     for name, frame in tables.items():
         with atomic_path(paths.stats / f"{name}.parquet", suffix=".parquet") as tmp:
@@ -378,6 +424,7 @@ def compute_data_stats(
             "tag_summary": tag_summary,
             "top_tokens": token_frequencies.head(METADATA_ROWS),
             "top_tags": top_tags.head(METADATA_ROWS),
+            "tokenizers": tokenizers,
         },
         report_path=report_path,
         plot_paths=plot_paths,

@@ -27,6 +27,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SOURCE_LINE = re.compile(r"^Source: `(?P<file>[\w.]+\.parquet)`(?: \(first (?P<shown>\d+) of (?P<rows>[\d,]+) rows\))?")
 PLOT_LINK = re.compile(r"!\[[^\]]*\]\((?P<path>[^)]+\.png)\)")
 REPORT_TABLES = {
+    "tokenizers.parquet",
     "shards.parquet",
     "channel_summary.parquet",
     "token_summary.parquet",
@@ -370,6 +371,7 @@ def test_figures_and_metadata_tables_by_hand(computed) -> None:
         "tag_summary",
         "top_tokens",
         "top_tags",
+        "tokenizers",
     }
     assert computed.tables["top_tokens"]["id"].tolist()[:2] == [7, 5]
 
@@ -422,3 +424,24 @@ def test_report_round_trips_real_token_texts(
     assert frequencies["text"].tolist() == [encoding.decode([i]) for i in frequencies["id"]]
     assert '"' in frequencies["text"].tolist()
     assert assert_report_matches_tables(dataset.stats) == REPORT_TABLES
+
+
+def test_the_tokenizers_side_by_side_by_hand(tmp_path: Path) -> None:
+    """o200k ids 5, 7, 7, 9 and words 1, 2, 2, 2 over four photos in two shards, the second held out."""
+    paths = DatasetPaths(tmp_path)
+    tokens = np.full((4, TOKENS_PER_IMAGE), PAD_ID, np.int32)
+    tokens[0, :2], tokens[1, 0], tokens[2, 0] = [5, 7], 7, 9
+    words = np.zeros((4, 8), np.int32)
+    words[0, :2], words[1, 0], words[2, 0] = [1, 2], 2, 2
+    np.save(paths.tokens, tokens)
+    np.save(paths.tag_words, words)
+    paths.words.write_text(json.dumps(["", "a", "b"]))
+    table = stats.tokenizer_table(paths, n_shards=2).set_index("tokenizer")
+    assert table.loc["o200k"].to_dict() == {
+        "per_image": 20, "vocabulary": 199_998, "used": 3, "never_used": 199_995, "singletons": 2,
+        "share_singletons": 2 / 3, "share_images_all_singletons": 1 / 3, "share_held_out_unseen": 1.0,
+    }  # fmt: skip
+    assert table.loc["words"].to_dict() == {
+        "per_image": 8, "vocabulary": 2, "used": 2, "never_used": 0, "singletons": 1,
+        "share_singletons": 0.5, "share_images_all_singletons": 0.0, "share_held_out_unseen": 0.0,
+    }  # fmt: skip
