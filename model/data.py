@@ -101,6 +101,17 @@ def dataset_words(paths: DatasetPaths, tokenizer: str) -> list[str]:
     return json.loads(paths.words.read_text())
 
 
+def checkpoint_ids(tokens: np.ndarray, paths: DatasetPaths, index: TokenIndex) -> np.ndarray:
+    """A dataset's raw tag ids as the checkpoint's index reads them. o200k ids are the same everywhere; word ids
+    index each dataset's own ``words.json``, so they are mapped through the words themselves (a word the
+    checkpoint never saw becomes unknown)."""
+    if index.tokenizer == "o200k":
+        return tokens
+    own = {word: i for i, word in enumerate(index.words)}
+    remap = np.array([own.get(word, len(index.words)) for word in dataset_words(paths, "words")], dtype=np.int32)
+    return remap[tokens]
+
+
 def training_tokens(layout: DatasetLayout, holdout_shard: int, tokenizer: str = "o200k") -> np.ndarray:
     """Token rows of every image outside the held-out shard: the corpus a :class:`TokenIndex` is built on.
 

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from model.data import tokens_file
+from model.data import checkpoint_ids, tokens_file
 from model.inference import Colorizer
 from model.metrics import ImageMetrics, image_metrics
 from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb
@@ -228,7 +228,7 @@ def evaluate_checkpoint(
     colorizer = Colorizer.from_checkpoint(checkpoint, device=device)
     ids = selection["image_id"].to_numpy()
     tokens = np.load(tokens_file(paths, colorizer.index.tokenizer), mmap_mode="r")  # the checkpoint's tokenizer
-    true_tokens = np.asarray(tokens[ids], dtype=np.int32)
+    true_tokens = checkpoint_ids(np.asarray(tokens[ids], dtype=np.int32), paths, colorizer.index)
     condition_tokens = {
         "tags": true_tokens,
         "pad": np.full_like(true_tokens, colorizer.index.pad),

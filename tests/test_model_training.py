@@ -27,7 +27,7 @@ import model.train as train_module
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.colorize import tag_ids
 from model.config import TrainConfig, TrainConfigError, config_from_dict, load_train_config, validate_train_config
-from model.data import BatchLoader, HostBatch, Position, TokenIndex, TrainingSet, to_device
+from model.data import BatchLoader, HostBatch, Position, TokenIndex, TrainingSet, checkpoint_ids, to_device
 from model.inference import Colorizer
 from model.train import torchrun_command, train
 from pipeline.core.color import colorfulness, rgb_to_lab_u8
@@ -576,6 +576,12 @@ def test_the_word_tokenizer_trains_and_its_checkpoint_carries_the_vocabulary(
         colorizer.predict_ab(np.full((1, SIZE, SIZE), 128, np.uint8), np.zeros((1, 20), np.int32))
     assert tag_ids(["sky!", "東京", "sunset", "red"], colorizer.index).tolist() == [3, 1, 0, 0, 0, 0, 0, 0]
     assert "never saw, skipped: sunset" in capsys.readouterr().err
+    other = DatasetPaths(tmp_path / "other")
+    other.root.mkdir()
+    other.words.write_text(json.dumps(["", "sky", "sea", "red"]))
+    assert checkpoint_ids(np.array([[1, 2, 3, 0]]), other, colorizer.index).tolist() == [[3, 4, 1, 0]], (
+        "another dataset's word ids, mapped through the words: sky → 3, sea unseen (raw 4: unknown), red → 1"
+    )
     with pytest.raises(TrainConfigError, match=r"tokenizer: .* was trained with 'words', not 'o200k'"):
         train(tiny_config(root, tmp_path, max_steps=3, resume=True))
     with pytest.raises(TrainConfigError, match="tokenizer: must be one of"):
