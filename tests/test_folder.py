@@ -167,9 +167,11 @@ def test_tags_from_sidecars_or_from_tags_csv(tmp_path: Path) -> None:
         assert tags.unsafe_entries() == 2
 
 
-def materialize(assets: list, name: str, storage: dg.ConfigurableResource, **options: object) -> dg.ExecuteInJobResult:
-    """The asset ``mine/<name>`` of ``assets`` with its checks, in process."""
-    key = dg.AssetKey(["mine", name])
+def materialize(
+    assets: list, name: str, storage: dg.ConfigurableResource, dataset: str = "mine", **options: object
+) -> dg.ExecuteInJobResult:
+    """The asset ``<dataset>/<name>`` of ``assets`` with its checks, in process."""
+    key = dg.AssetKey([dataset, name])
     selected = [a for a in assets if key in a.keys or {c.asset_key for c in a.check_keys} == {key}]
     return dg.materialize(selected, resources={"storage": storage}, **options)
 

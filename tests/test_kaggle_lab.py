@@ -15,10 +15,12 @@ from pipeline.core.config import ConfigError
 from pipeline.core.layout import DatasetPaths, read_images_table
 from pipeline.core.vocabulary import load_tag_encoding
 from pipeline.datasets import parse_dataset_spec
+from pipeline.defs.factory import build_dataset_assets
+from pipeline.defs.resources import storage_from_environ
 from pipeline.sources import kaggle_lab
 from pipeline.sources.synthetic import sample_image, sample_tags
 from pipeline.tokens import build_tag_tokens
-from tests.test_folder import SAMPLE, jpeg
+from tests.test_folder import SAMPLE, jpeg, materialize
 
 N, SIDE = 7, 32
 AB_ROWS = (4, 2, 1)
@@ -137,3 +139,18 @@ def test_without_a_path_the_message_says_both_ways(tmp_path: Path, monkeypatch: 
     spec = parse_dataset_spec({"name": "kaggle", "kind": "kaggle_lab"})
     with pytest.raises(ConfigError, match=r"set 'path:' .* or install the extra .*Kaggle credentials"):
         spec.obtain("arrays", DatasetPaths(tmp_path / "data" / "kaggle"), None, print)
+
+
+def test_the_row_order_check_runs_with_lab_shards_in_dagster(published, vocabulary_dir: Path) -> None:
+    root, paths, _, _ = published
+    storage = storage_from_environ(
+        {"TAGCOLOR_DATA_DIR": str(paths.root.parent), "TIKTOKEN_CACHE_DIR": str(vocabulary_dir)}
+    )
+    spec = spec_for(root)
+    materialize(build_dataset_assets(spec), "archives", storage, partition_key="arrays", dataset="kaggle")
+    materialize(build_dataset_assets(spec), "tags_archive", storage, dataset="kaggle")
+    live = storage.resolve(spec)
+    every_shard = {"dagster/asset_partition_range_start": "000", "dagster/asset_partition_range_end": "002"}
+    shards = materialize(build_dataset_assets(live), "lab_shards", storage, tags=every_shard, dataset="kaggle")
+    checks = {c.check_name: c.passed for c in shards.get_asset_check_evaluations()}
+    assert checks == {"shard_contract": True, "row_order": True}
