@@ -99,12 +99,15 @@ def test_the_row_order_is_checked_against_the_photos(published, tmp_path: Path) 
     spec.obtain("arrays", paths, None, print)
     report = kaggle_lab.row_order(spec, paths)
     assert (report.checked, report.mismatches, report.geometry) == (N, 0, "resize")
-    assert spec.verify(paths) == {"row_order": ""}
+    verdict = spec.verify(paths)["row_order"]
+    assert verdict.problems == "" and verdict.figures == {
+        "checked": N, "mismatches": 0, "geometry": "resize", "fits_crop": report.fits["crop"], "fits_resize": N
+    }  # fmt: skip
     rgbs = [cv2.cvtColor(cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for p in photos]
     kaggle_arrays(root, rgbs, order=[*range(1, N), 0])  # every row one photo off
     shifted = kaggle_lab.row_order(spec, paths)
     assert shifted.mismatches >= N - 1
-    assert spec.verify(paths)["row_order"].startswith(f"{shifted.mismatches} match no geometry")
+    assert spec.verify(paths)["row_order"].problems.startswith(f"{shifted.mismatches} of {N} sampled rows match no")
 
 
 def truncate(path: Path) -> None:
@@ -152,5 +155,6 @@ def test_the_row_order_check_runs_with_lab_shards_in_dagster(published, vocabula
     live = storage.resolve(spec)
     every_shard = {"dagster/asset_partition_range_start": "000", "dagster/asset_partition_range_end": "002"}
     shards = materialize(build_dataset_assets(live), "lab_shards", storage, tags=every_shard, dataset="kaggle")
-    checks = {c.check_name: c.passed for c in shards.get_asset_check_evaluations()}
-    assert checks == {"shard_contract": True, "row_order": True}
+    checks = {c.check_name: c for c in shards.get_asset_check_evaluations()}
+    assert {name: check.passed for name, check in checks.items()} == {"shard_contract": True, "row_order": True}
+    assert checks["row_order"].metadata["geometry"].value == "resize", "which geometry fits is reported"

@@ -72,10 +72,13 @@ def to_metadata(values: Mapping[str, object]) -> dict[str, dg.MetadataValue]:
     return out
 
 
-def check_result(problems: str | list[str], check_name: str | None = None) -> dg.AssetCheckResult:
-    """A contract check's outcome: passed when there are no problems, which are listed otherwise."""
+def check_result(
+    problems: str | list[str], check_name: str | None = None, figures: Mapping[str, object] | None = None
+) -> dg.AssetCheckResult:
+    """A check's outcome: passed when there are no problems, which are listed otherwise, with its figures."""
     text = problems if isinstance(problems, str) else "; ".join(problems)
-    return dg.AssetCheckResult(check_name=check_name, passed=not text, metadata={"problems": text or "none"})
+    metadata = {"problems": dg.MetadataValue.text(text or "none"), **to_metadata(figures or {})}
+    return dg.AssetCheckResult(check_name=check_name, passed=not text, metadata=metadata)
 
 
 def byte_progress_logger(log: dg.DagsterLogManager, label: str) -> Callable[[DownloadProgress], None]:

@@ -69,7 +69,7 @@ def prepare_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.AssetChec
                     metadata=to_metadata(result.metadata),
                     check_results=[
                         check_result(result.problems, "shard_contract"),
-                        *(check_result(problems, name) for name, problems in verified.items()),
+                        *(check_result(v.problems, name, v.figures) for name, v in verified.items()),
                     ],
                 )
 

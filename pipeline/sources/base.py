@@ -90,6 +90,14 @@ class SourceResult:
 Progress = Callable[[DownloadProgress], None]
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """A kind's own check: its problems ('' when it passes) and what it measured."""
+
+    problems: str
+    figures: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
 @dataclass(frozen=True, kw_only=True)
 class DatasetSpec(Sharding):
     """One dataset: its name, size and sharding; a kind's subclass adds its own fields and its sources.
@@ -167,8 +175,8 @@ class DatasetSpec(Sharding):
     checks: ClassVar[dict[str, str]] = {}
     """A kind's own asset checks on ``lab_shards``, by name: their descriptions (see :meth:`verify`)."""
 
-    def verify(self, paths: DatasetPaths) -> dict[str, str]:
-        """The problems each of :attr:`checks` finds once the shards exist ('' when none)."""
+    def verify(self, paths: DatasetPaths) -> dict[str, Verdict]:
+        """What each of :attr:`checks` finds once the shards exist."""
         return {}
 
     derived: ClassVar[tuple[str, ...]] = ()

@@ -27,7 +27,7 @@ from pipeline.core.files import atomic_write_text
 from pipeline.core.layout import DatasetPaths
 from pipeline.datasets import resolve_repo_path
 from pipeline.sources import download
-from pipeline.sources.base import MISSING, DatasetSpec, PhotoUnavailable, Progress, SourceResult
+from pipeline.sources.base import MISSING, DatasetSpec, PhotoUnavailable, Progress, SourceResult, Verdict
 from pipeline.sources.mirflickr25k import ARCHIVE as TAGS_ARCHIVE
 from pipeline.sources.mirflickr25k import Spec as Mirflickr25k
 from pipeline.sources.zips import ZipTags, open_archive
@@ -198,14 +198,12 @@ class Spec(DatasetSpec):
     def open_tags(self, paths: DatasetPaths) -> ZipTags:
         return ZipTags(open_archive(self.tags_zip(paths), f"{self.name}/tags_archive"), self.photos_layout())
 
-    def verify(self, paths: DatasetPaths) -> dict[str, str]:
+    def verify(self, paths: DatasetPaths) -> dict[str, Verdict]:
         report = row_order(self, paths)
-        found = f"{report.checked} sampled rows, {report.fits} fit each geometry (best: {report.geometry})"
-        return {
-            "row_order": f"{report.mismatches} match no geometry of their im<n>.jpg; {found}"
-            if report.mismatches
-            else ""
-        }
+        problems = f"{report.mismatches} of {report.checked} sampled rows match no geometry of their im<n>.jpg"
+        figures = {"checked": report.checked, "mismatches": report.mismatches, "geometry": report.geometry}
+        figures |= {f"fits_{geometry}": fits for geometry, fits in report.fits.items()}
+        return {"row_order": Verdict(problems if report.mismatches else "", figures)}
 
 
 class ArrayPhotos:
