@@ -240,3 +240,23 @@ def test_every_bad_case_is_counted_and_nothing_shifts(tmp_path: Path, vocabulary
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before, "the folder is only read"
     assert outside.read_bytes() == scene(7)
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["mine"], "nothing outside the data root"
+
+
+def test_an_unreadable_photo_is_counted_and_waits_for_a_later_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, paths = tmp_path / "photos", DatasetPaths(tmp_path / "data" / "mine")
+    folder_of_scenes(root, 4, sidecars=False)
+    original = folder.file_sha1
+
+    def locked(path: Path) -> str:
+        if path.name == "photo01.jpg":
+            raise PermissionError(f"{path}: permission denied")
+        return original(path)
+
+    monkeypatch.setattr(folder, "file_sha1", locked)
+    figures = obtain(spec_for(root), paths)
+    assert (figures["photos"], figures["unreadable"]) == (3, 1)
+    monkeypatch.setattr(folder, "file_sha1", original)
+    assert obtain(spec_for(root), paths)["new"] == 1, "readable again: it gets the next id"
+    assert folder.read_manifest(paths)["path"].tolist()[-1] == "album0/photo01.jpg"

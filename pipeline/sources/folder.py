@@ -133,20 +133,26 @@ def update_manifest(root: Path, old: pd.DataFrame | None) -> tuple[pd.DataFrame,
     found = scan(root)
     rows = [] if old is None else old.to_dict("records")
     by_path = {row["path"]: row for row in rows}
-    counts = dict.fromkeys(("new", "unchanged", "changed", "missing", "hashed"), 0)
+    counts = dict.fromkeys(("new", "unchanged", "changed", "missing", "unreadable", "hashed"), 0)
     present = set(found.photos)
     for row in rows:
         if row["path"] not in present:
             row["status"] = MISSING
             counts["missing"] += 1
     for relative in found.photos:
-        stat = (root / relative).stat()
         row = by_path.get(relative)
-        if row is not None and (row["size"], row["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns):
-            row["status"] = OK
-            counts["unchanged"] += 1
+        try:
+            stat = (root / relative).stat()
+            if row is not None and (row["size"], row["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns):
+                row["status"] = OK
+                counts["unchanged"] += 1
+                continue
+            digest = file_sha1(root / relative)
+        except OSError:  # gone since the walk, or unreadable: a new photo waits for the next scan for its id
+            counts["unreadable"] += 1
+            if row is not None:
+                row["status"] = MISSING
             continue
-        digest = file_sha1(root / relative)
         counts["hashed"] += 1
         if row is None:
             rows.append({"image_id": len(rows), "path": relative, "size": stat.st_size,
