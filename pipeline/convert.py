@@ -36,7 +36,16 @@ from pipeline.core.files import atomic_path
 from pipeline.core.layout import DatasetPaths, shard_problems
 from pipeline.core.photos import QUARTER_TURNS, flatten, orientation, to_srgb, upright
 from pipeline.core.vocabulary import load_tag_encoding
-from pipeline.sources.base import BAD_MEMBER, CHANGED, DUPLICATE, MISSING, TOO_LARGE, DatasetSpec, PhotoUnavailable
+from pipeline.sources.base import (
+    BAD_MEMBER,
+    CHANGED,
+    DUPLICATE,
+    MISSING,
+    TOO_LARGE,
+    DatasetSpec,
+    PhotoUnavailable,
+    Verdict,
+)
 from pipeline.tokens import tag_counts
 
 EMPTY = "empty"
@@ -388,10 +397,10 @@ def convert_shards(
 
 @dataclass(frozen=True)
 class ConversionResult:
-    """Shards converted in one run and the contract violations found in what they wrote."""
+    """Shards converted in one run, and the checks of what they wrote: ``shard_contract`` and the kind's own."""
 
     shards: list[ShardResult]
-    problems: list[str]
+    checks: dict[str, Verdict]
     shards_dir: Path
 
     @property
@@ -415,12 +424,13 @@ class ConversionResult:
 def prepare_shards(
     spec: DatasetSpec, paths: DatasetPaths, shards: Sequence[int], vocabulary_dir: Path, **options: Any
 ) -> ConversionResult:
-    """Convert ``shards`` (:func:`convert_shards`, which takes ``options``) and check each one written against
-    the shard contract."""
+    """Convert ``shards`` (:func:`convert_shards`, which takes ``options``), check each one written against the
+    shard contract, and run the kind's own checks (:meth:`DatasetSpec.verify`)."""
     results = convert_shards(spec, paths, shards, vocabulary_dir, **options)
     problems = [
         problem
         for result in results
         for problem in shard_problems(paths, result.shard, spec.shard_ids(result.shard), spec.image_size)
     ]
-    return ConversionResult(shards=results, problems=problems, shards_dir=paths.shards)
+    checks = {"shard_contract": Verdict("; ".join(problems)), **spec.verify(paths)}
+    return ConversionResult(shards=results, checks=checks, shards_dir=paths.shards)

@@ -73,12 +73,11 @@ def to_metadata(values: Mapping[str, object]) -> dict[str, dg.MetadataValue]:
 
 
 def check_result(
-    problems: str | list[str], check_name: str | None = None, figures: Mapping[str, object] | None = None
+    problems: str, check_name: str | None = None, figures: Mapping[str, object] | None = None
 ) -> dg.AssetCheckResult:
-    """A check's outcome: passed when there are no problems, which are listed otherwise, with its figures."""
-    text = problems if isinstance(problems, str) else "; ".join(problems)
-    metadata = {"problems": dg.MetadataValue.text(text or "none"), **to_metadata(figures or {})}
-    return dg.AssetCheckResult(check_name=check_name, passed=not text, metadata=metadata)
+    """A check's outcome: passed when there are no problems (''), which are listed otherwise, with its figures."""
+    metadata = {"problems": dg.MetadataValue.text(problems or "none"), **to_metadata(figures or {})}
+    return dg.AssetCheckResult(check_name=check_name, passed=not problems, metadata=metadata)
 
 
 def byte_progress_logger(log: dg.DagsterLogManager, label: str) -> Callable[[DownloadProgress], None]:
