@@ -36,23 +36,18 @@ from pipeline.core.files import atomic_path
 from pipeline.core.layout import DatasetPaths, shard_problems
 from pipeline.core.photos import QUARTER_TURNS, flatten, orientation, to_srgb, upright
 from pipeline.core.vocabulary import load_tag_encoding
-from pipeline.sources.base import (
-    BAD_MEMBER,
-    CHANGED,
-    DUPLICATE,
-    MISSING,
-    TOO_LARGE,
-    DatasetSpec,
-    PhotoUnavailable,
-    Verdict,
-)
+from pipeline.sources import base
+from pipeline.sources.base import DatasetSpec, PhotoUnavailable, Verdict
 from pipeline.tokens import tag_counts
 
 EMPTY = "empty"
 TRUNCATED = "truncated"
 UNDECODABLE = "undecodable"
 UNSUPPORTED = "unsupported"
-INVALID_REASONS = (MISSING, EMPTY, TRUNCATED, UNDECODABLE, TOO_LARGE, BAD_MEMBER, UNSUPPORTED, CHANGED, DUPLICATE)
+INVALID_REASONS = (
+    base.MISSING, EMPTY, TRUNCATED, UNDECODABLE, base.TOO_LARGE, base.BAD_MEMBER, UNSUPPORTED, base.CHANGED,
+    base.DUPLICATE,
+)  # fmt: skip
 """Why a row is not valid: no such member, zero bytes, cut short, not an image Pillow reads, over the size
 limits, a zip member that cannot be read (bad CRC, encrypted, unknown compression), a format that needs a
 package not installed (HEIC without ``pillow-heif``), a photo file changed since it got its id, or a held-out
@@ -162,7 +157,7 @@ def _square_rgb(image: Image.Image, size: int, icc: bytes | None) -> tuple[np.nd
 
 def _reason(error: Exception) -> str:
     if isinstance(error, Image.DecompressionBombError):
-        return TOO_LARGE
+        return base.TOO_LARGE
     return TRUNCATED if "truncated" in str(error).lower() else UNDECODABLE
 
 

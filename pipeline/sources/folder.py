@@ -35,17 +35,7 @@ from pipeline.core.files import atomic_path
 from pipeline.core.layout import DatasetPaths, Split
 from pipeline.datasets import resolve_repo_path
 from pipeline.sources import base
-from pipeline.sources.base import (
-    CHANGED,
-    DUPLICATE,
-    MISSING,
-    TOO_LARGE,
-    DatasetSpec,
-    PhotoUnavailable,
-    Progress,
-    SourceResult,
-    TagFileUnreadable,
-)
+from pipeline.sources.base import DatasetSpec, PhotoUnavailable, Progress, SourceResult, TagFileUnreadable
 
 ARCHIVE = "folder"
 """The one partition of ``archives``: the scan of the whole folder."""
@@ -56,8 +46,7 @@ TAGS_CSV = "tags.csv"
 MANIFEST = "manifest.parquet"
 
 OK = "ok"
-STATUSES = (OK, CHANGED, MISSING)
-"""A manifest row's status at the last scan: as first seen, content changed, or gone."""
+"""A manifest row's status at the last scan: ``ok`` (as first seen), else ``changed`` or ``missing``."""
 
 MAX_SHARD_SIZE = 10_000
 AUTO_SHARDS = 5
@@ -137,7 +126,7 @@ def update_manifest(root: Path, old: pd.DataFrame | None) -> tuple[pd.DataFrame,
     present = set(found.photos)
     for row in rows:
         if row["path"] not in present:
-            row["status"] = MISSING
+            row["status"] = base.MISSING
             counts["missing"] += 1
     for relative in found.photos:
         row = by_path.get(relative)
@@ -151,7 +140,7 @@ def update_manifest(root: Path, old: pd.DataFrame | None) -> tuple[pd.DataFrame,
         except OSError:  # gone since the walk, or unreadable: a new photo waits for the next scan for its id
             counts["unreadable"] += 1
             if row is not None:
-                row["status"] = MISSING
+                row["status"] = base.MISSING
             continue
         counts["hashed"] += 1
         if row is None:
@@ -162,7 +151,7 @@ def update_manifest(root: Path, old: pd.DataFrame | None) -> tuple[pd.DataFrame,
             row.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns, status=OK)
             counts["unchanged"] += 1
         else:
-            row["status"] = CHANGED
+            row["status"] = base.CHANGED
             counts["changed"] += 1
     manifest = pd.DataFrame(rows, columns=MANIFEST_SCHEMA.names)
     counts |= {"skipped_files": found.skipped_files, "outside_links": found.outside_links}
@@ -277,23 +266,23 @@ class FolderPhotos:
 
     def read(self, image_id: int) -> bytes:
         if not 0 <= image_id < len(self._manifest):
-            raise PhotoUnavailable(MISSING)
+            raise PhotoUnavailable(base.MISSING)
         row = self._manifest.iloc[image_id]
         if row["status"] != OK:
             raise PhotoUnavailable(row["status"])
         if image_id in self._duplicates:
-            raise PhotoUnavailable(DUPLICATE)
+            raise PhotoUnavailable(base.DUPLICATE)
         path = self._root / row["path"]
         try:
             if not inside(path, self._root):
-                raise PhotoUnavailable(MISSING)
+                raise PhotoUnavailable(base.MISSING)
             if path.stat().st_size > base.MAX_PHOTO_BYTES:
-                raise PhotoUnavailable(TOO_LARGE)
+                raise PhotoUnavailable(base.TOO_LARGE)
             data = path.read_bytes()
         except OSError as error:
-            raise PhotoUnavailable(MISSING) from error
+            raise PhotoUnavailable(base.MISSING) from error
         if hashlib.sha1(data).hexdigest() != row["sha1"]:
-            raise PhotoUnavailable(CHANGED)
+            raise PhotoUnavailable(base.CHANGED)
         return data
 
     def unsafe_entries(self, ids: range) -> int:
