@@ -264,11 +264,18 @@ _CJK = re.compile(
 """Han, kana and Hangul (with their punctuation and compatibility forms): the scripts the word tokenizer drops."""
 
 
+_NOT_ASCII_LETTER = re.compile("[^A-Za-z]+")
+
+
+@functools.lru_cache(maxsize=1 << 20)
 def tag_word(tag: str) -> str:
     """A tag as the word tokenizer keeps it: letters of alphabetic scripts only, in one piece.
 
     Digits, spaces, punctuation and CJK characters are removed (``New York!`` → ``NewYork``, ``東京`` → '').
+    Cached: a million photos' tags repeat a few hundred thousand distinct ones.
     """
+    if tag.isascii():
+        return _NOT_ASCII_LETTER.sub("", tag)
     text = unicodedata.normalize("NFC", tag)
     return "".join(c for c in text if unicodedata.category(c).startswith("L") and not _CJK.match(c))
 
