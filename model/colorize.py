@@ -1,11 +1,14 @@
 """Colour your own photos with a trained checkpoint, at their full size.
 
     python -m model.colorize photo.jpg [more.jpg ...] --checkpoint data/sample/runs/demo/latest.pt \\
-        --tags "sunset, beach" [--out DIR] [--device cpu]
+        --tags "sunset, beach" [--tags "snow" ...] [--out DIR] [--device cpu]
 
 The net sees the photo's lightness at its training size; its a, b are upsampled to the photo's size and
 combined with the photo's own full-resolution lightness, so edges stay as sharp as in the input. Each
 photo is written as ``<stem>_color.png`` (beside it, or in ``--out``), exactly as large as the input.
+
+Several ``--tags`` steer the colours: each photo is coloured once per tag set (``<stem>_color_<k>.png``,
+``k`` counting the sets from 1), and ``tag_grid.png`` shows every photo (rows) under every set (columns).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb, rgb_to_lab_u8
 from pipeline.core.contract import WORDS_PER_IMAGE
 from pipeline.core.files import atomic_path
 from pipeline.core.photos import flatten, to_srgb, upright
+from pipeline.core.render import CollageRow, render_collage
 from pipeline.core.vocabulary import (
     VocabularyError,
     encode_tags,
@@ -41,6 +45,8 @@ CHROMA_SCALES = (1.0, 0.75, 0.5, 0.25, 0.0)
 LIGHTNESS_TOLERANCE = 1
 """Encoded L levels a pixel may move in the Lab → RGB → Lab round trip (8-bit rounding)."""
 SUFFIX = "_color.png"
+GRID_NAME = "tag_grid.png"
+GRID_TILE = 256
 
 
 class ColorizeError(ValueError):
@@ -128,9 +134,36 @@ def write_png(rgb: np.ndarray, path: Path) -> Path:
     return path
 
 
-def output_path(image: Path, out_dir: Path | None) -> Path:
-    """``<stem>_color.png`` in ``out_dir``, or beside the photo."""
-    return (out_dir or image.parent) / f"{image.stem}{SUFFIX}"
+def output_path(image: Path, out_dir: Path | None, tag_set: int | None = None) -> Path:
+    """``<stem>_color.png`` (``<stem>_color_<k>.png`` for the ``k``-th of several tag sets) in ``out_dir``, or
+    beside the photo."""
+    stem = f"{image.stem}{SUFFIX}" if tag_set is None else f"{image.stem}_color_{tag_set}.png"
+    return (out_dir or image.parent) / stem
+
+
+def center_square(rgb: np.ndarray) -> np.ndarray:
+    """The largest centred square of a photo, for the grid's square tiles."""
+    height, width = rgb.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return rgb[top : top + side, left : left + side]
+
+
+def grey_rgb(rgb: np.ndarray) -> np.ndarray:
+    """The photo as the net sees it: its lightness alone, a and b neutral."""
+    lab = rgb_to_lab_u8(rgb)
+    lab[..., 1:] = NEUTRAL_AB
+    return lab_u8_to_rgb(lab)
+
+
+def write_grid(rows: list[tuple[Path, np.ndarray, list[np.ndarray]]], tag_sets: list[str], path: Path) -> Path:
+    """Photos (rows: name, input, one colouring per tag set) under every tag set (columns), as one collage."""
+    collage_rows = [
+        CollageRow((center_square(grey_rgb(rgb)), *map(center_square, colourings)), image.name)
+        for image, rgb, colourings in rows
+    ]
+    titles = ("grey input", *(text or "no tags" for text in tag_sets))
+    return render_collage(collage_rows, path, tile=GRID_TILE, columns=titles)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,29 +171,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.colorize", description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="photos to colour (any size)")
     parser.add_argument("--checkpoint", required=True, type=Path, help="a training run's checkpoint (.pt)")
-    parser.add_argument("--tags", default="", help='tags separated by commas or newlines, e.g. "sunset, beach"')
+    parser.add_argument(
+        "--tags",
+        action="append",
+        help='tags separated by commas or newlines, e.g. "sunset, beach"; repeat to compare several sets',
+    )
     parser.add_argument("--out", type=Path, help="output directory (default: beside each photo)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     args = parser.parse_args(argv)
+    tag_sets: list[str] = args.tags or [""]
+    several = len(tag_sets) > 1
 
-    targets = [output_path(image, args.out) for image in args.images]
-    clashes = sorted({str(t) for t in targets if targets.count(t) > 1})
+    targets = [
+        [output_path(image, args.out, k + 1 if several else None) for k in range(len(tag_sets))]
+        for image in args.images
+    ]
+    flat = [target for per_image in targets for target in per_image]
+    clashes = sorted({str(t) for t in flat if flat.count(t) > 1})
     if clashes:
         parser.error(f"several photos would be written to {', '.join(clashes)}; use distinct names")
     try:
         colorizer = Colorizer.from_checkpoint(args.checkpoint, device=args.device)
-        tokens = tag_ids(parse_tags(args.tags), colorizer.index)
+        tokens = [tag_ids(parse_tags(text), colorizer.index) for text in tag_sets]
     except (CheckpointError, VocabularyError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 
     failed = 0
-    for image, target in zip(args.images, targets, strict=True):
+    grid_rows = []
+    for image, per_image in zip(args.images, targets, strict=True):
         try:
-            coloured = colorize_image(read_rgb(image), colorizer, tokens)
-            print(write_png(coloured, target))
+            rgb = read_rgb(image)
+            coloured = [colorize_image(rgb, colorizer, row) for row in tokens]
+            for result, target in zip(coloured, per_image, strict=True):
+                print(write_png(result, target))
+            grid_rows.append((image, rgb, coloured))
         except (ColorizeError, OSError) as error:
             print(f"{parser.prog}: error: {error}", file=sys.stderr)
             failed += 1
+    if several and grid_rows:
+        print(write_grid(grid_rows, tag_sets, (args.out or args.images[0].parent) / GRID_NAME))
     return 1 if failed else 0
 
 

@@ -30,7 +30,7 @@ DATA_ORDER_KEYS = ("shards", "holdout_shard", "batch_size", "seed", "skip_graysc
 
 POSITIVE_KEYS = (
     "image_size", "batch_size", "epochs", "n_critic", "base_channels", "depth", "token_dim",
-    "min_token_count", "log_every", "ckpt_every", "keep_checkpoints", "prefetch", "gpus",
+    "min_token_count", "log_every", "ckpt_every", "keep_checkpoints", "prefetch", "gpus", "gp_every",
 )  # fmt: skip
 
 
@@ -66,14 +66,25 @@ class TrainConfig:
     epochs: int = 10
     max_steps: int | None = None
     """Caps the number of generator steps (each follows ``n_critic`` critic steps)."""
+    max_seconds: float | None = None
+    """Stops after this many seconds of training in this process: a time budget for comparing recipes
+    (``benchmarks/quality.py``); the step reached depends on the machine, so a run cut by it is not repeatable."""
     lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.0, 0.9])
     n_critic: int = 5
     gp_lambda: float = 10.0
+    gp_every: int = 1
+    """Lazy regularisation (StyleGAN2): the gradient penalty on every k-th critic update only, weighted ×k.
+    Its double backward costs more than the rest of a critic update, and a penalty every 4 updates keeps the
+    critic as Lipschitz as one every update."""
     drift: float = 1e-3
     l1_weight: float = 100.0
     """The L1 term is a mean over pixels while the critic's gradient has norm about 1 per image, so the L1
     weight must grow with the pixel count to matter; at 10 the adversarial term drowns the tag signal."""
+    l1_warmup_steps: int = 0
+    """Generator steps on the L1 term alone before the critic trains and the adversarial term joins, as
+    DeOldify's NoGAN pre-training: alone, the L1 term finds the colours several times faster per second (no
+    critic updates, no gradient penalty); the critic then restores the vividness L1 averages away."""
     ema_decay: float = 0.999
     base_channels: int = 32
     depth: int = 4
@@ -127,7 +138,7 @@ def _check_values(config: TrainConfig) -> None:
     """Ranges and choices that need no files."""
     for key in POSITIVE_KEYS:
         _require(getattr(config, key) > 0, key, f"must be positive, got {getattr(config, key)}")
-    for key in ("gp_lambda", "drift", "l1_weight"):
+    for key in ("gp_lambda", "drift", "l1_weight", "l1_warmup_steps"):
         _require(getattr(config, key) >= 0, key, f"must not be negative, got {getattr(config, key)}")
     _require(config.lr > 0, "lr", f"must be positive, got {config.lr}")
     _require(
@@ -137,6 +148,7 @@ def _check_values(config: TrainConfig) -> None:
     )
     _require(0 <= config.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {config.ema_decay}")
     _require(config.max_steps is None or config.max_steps > 0, "max_steps", "must be positive or null")
+    _require(config.max_seconds is None or config.max_seconds > 0, "max_seconds", "must be positive or null")
     _require(config.pool in ("mean", "attention"), "pool", f"must be 'mean' or 'attention', got {config.pool!r}")
     _require(config.tokenizer in TOKENIZERS, "tokenizer", f"must be one of {TOKENIZERS}, got {config.tokenizer!r}")
     _require(config.device in ("auto", "cpu", "cuda"), "device", f"must be auto, cpu or cuda, not {config.device!r}")

@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint on the held-out shard: metrics under three tag conditions, two baselines, collages.
+"""Score a trained run on any set of photos: the field's metrics under three tag conditions, two baselines,
+and three collages (first photos, best photos, tag steering).
 
 The conditions separate what the tags contribute from what the photo's lightness alone gives away:
 
@@ -9,30 +10,41 @@ The conditions separate what the tags contribute from what the photo's lightness
   its tags rather than ignoring them.
 
 The baselines are what any colorizer must beat: ``grey`` (a = b = 0) and ``train_mean`` (the mean a, b of
-the training photos, everywhere). Each headline ``*_gain`` divides the ab error of a condition or baseline
-by the ab error with the true tags: above 1, the model with its tags does better. The selection of photos
-depends only on the seed, so runs compare.
+the run's training photos, everywhere). Each headline ``*_gain`` divides the ab error of a condition or
+baseline by the ab error with the true tags: above 1, the model with its tags does better.
+
+The photos are an :class:`EvaluationSet`: a dataset's held-out shard (:func:`holdout_set`, 224² Lab as
+stored), or original photo files under a protocol (:func:`photo_set`: e.g. DDColor's first 5,000 by file
+name, center-cropped to 256²). The run may come from any dataset: tag ids are mapped into the checkpoint's
+own index. The selection depends only on the seed, so runs compare.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
+import torch
 import yaml
+from PIL import Image
 
+from model.colorize import parse_tags, tag_ids
 from model.data import checkpoint_ids, tokens_file
+from model.fid import GaussianMoments, MetricUnavailable, frechet_distance, inception_features, lpips_distance
 from model.inference import Colorizer
 from model.metrics import ImageMetrics, image_metrics
-from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb
+from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb, rgb_to_lab_u8
 from pipeline.core.files import atomic_write_text
-from pipeline.core.layout import DatasetPaths
+from pipeline.core.layout import DataError, DatasetPaths, read_layout
+from pipeline.core.photos import flatten, to_srgb, upright
 from pipeline.core.render import CollageRow, Markdown, preview_markdown, render_collage
 
 CONDITIONS = ("tags", "pad", "shuffled")
@@ -43,10 +55,54 @@ READ_CHUNK = 256
 """Photos read from the shards at once when averaging."""
 METRICS_NAME = "metrics.json"
 COLLAGE_NAME = "result_collage.png"
+BEST_COLLAGE_NAME = "result_collage_best.png"
+STEERING_COLLAGE_NAME = "steering_collage.png"
 MIN_TILE = 128
 """Smaller photos are enlarged in collages so that column titles and captions stay legible."""
-BEST_COLLAGE_NAME = "result_collage_best.png"
 IMAGE_COLUMNS = ["image_id", "shard", "row", "valid", "is_grayscale"]
+DEFAULT_STEERING = ("sunset", "snow", "forest", "sea")
+"""Alternative tag sets of the steering collage where the dataset names none."""
+CROPS = ("center", "resize")
+"""``center``: the largest centred square, then resized (DDColor's protocol); ``resize``: the whole photo
+squeezed to the square."""
+
+LabReader = Callable[[np.ndarray], np.ndarray]
+"""Positions in an evaluation set → uint8 Lab ``(B, S, S, 3)``."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How original photos become the evaluated squares: ``first_n`` by sorted file name (None: all),
+    ``crop`` (:data:`CROPS`), then ``size``² pixels."""
+
+    crop: str = "center"
+    size: int = 256
+    first_n: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.crop not in CROPS:
+            raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
+        if self.size < 16:
+            raise ValueError(f"size must be at least 16 pixels, got {self.size}")
+        if self.first_n is not None and self.first_n <= 0:
+            raise ValueError(f"first_n must be positive or null, got {self.first_n}")
+
+
+@dataclass(frozen=True)
+class EvaluationSet:
+    """The photos one evaluation scores: image ids, their tag ids (the dataset's raw ids), captions, and a
+    reader of their Lab. ``paths`` is the dataset the ids belong to; ``description`` says which photos."""
+
+    paths: DatasetPaths
+    description: str
+    image_ids: np.ndarray
+    raw_tokens: np.ndarray
+    captions: dict[int, str]
+    read: LabReader
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
 
 
 @dataclass(frozen=True)
@@ -54,22 +110,28 @@ class EvaluationResult:
     """``metrics`` as written to ``metrics.json``; ``figures`` flat (``ab_error/tags``, …) for asset metadata."""
 
     metrics: dict[str, Any]
-    figures: dict[str, float | int]
+    figures: dict[str, float | int | str]
     metrics_path: Path
     collage_path: Path
     best_collage_path: Path
+    steering_collage_path: Path
 
     @property
     def metadata(self) -> dict[str, object]:
-        preview = preview_markdown(self.collage_path, "result collage")
-        where = (
-            f"held-out shard {self.metrics['holdout_shard']:03d}, run {Path(self.metrics['checkpoint']).parent.name}"
+        previews = "\n\n".join(
+            preview_markdown(path, title)
+            for path, title in (
+                (self.collage_path, "result collage"),
+                (self.steering_collage_path, "tag steering"),
+            )
         )
+        where = f"{self.metrics['evaluated_on']}, run {Path(self.metrics['checkpoint']).parent.name}"
         return {
             "collage": self.collage_path,
             "best_collage": self.best_collage_path,
+            "steering_collage": self.steering_collage_path,
             "metrics_json": self.metrics_path,
-            "preview": Markdown(f"{preview}\n\n{where}"),
+            "preview": Markdown(f"{previews}\n\n{where}"),
             **self.figures,
         }
 
@@ -144,6 +206,95 @@ def train_mean_ab(
     return total / pixels, len(rows)
 
 
+def _captions(paths: DatasetPaths, ids: np.ndarray) -> dict[int, str]:
+    """Each photo's tags joined by commas (nothing where the dataset has no tag table)."""
+    if not paths.tags_table.is_file():
+        return {}
+    tags = pd.read_parquet(paths.tags_table, columns=["image_id", "tags"], filters=[("image_id", "in", ids.tolist())])
+    return {int(i): ", ".join(t) for i, t in zip(tags["image_id"], tags["tags"], strict=True)}
+
+
+def _raw_tokens(paths: DatasetPaths, ids: np.ndarray, tokenizer: str) -> np.ndarray:
+    source = tokens_file(paths, tokenizer)
+    if not source.is_file():
+        raise DataError(f"{source} does not exist: materialize {paths.root.name}/tag_tokens first")
+    return np.asarray(np.load(source, mmap_mode="r")[ids], dtype=np.int32)
+
+
+def holdout_set(
+    paths: DatasetPaths, holdout_shard: int, tokenizer: str, n_images: int | None = 256, seed: int = 0
+) -> EvaluationSet:
+    """Up to ``n_images`` colour photos of ``holdout_shard`` (seeded), read from the 224² shards."""
+    images = pd.read_parquet(paths.images_table, columns=IMAGE_COLUMNS)
+    if holdout_shard not in set(images["shard"].tolist()):
+        raise ValueError(f"{paths.images_table} has no rows for held-out shard {holdout_shard}")
+    selection = seeded_subset(colour_photos(images, [holdout_shard]), n_images, seed)
+    if selection.empty:
+        raise ValueError(f"held-out shard {holdout_shard} has no valid colour photos to evaluate on")
+    ids = selection["image_id"].to_numpy()
+    return EvaluationSet(
+        paths=paths,
+        description=f"held-out shard {holdout_shard:03d} of {paths.root.name}",
+        image_ids=ids,
+        raw_tokens=_raw_tokens(paths, ids, tokenizer),
+        captions=_captions(paths, ids),
+        read=lambda positions: read_rows(paths, selection.iloc[positions]),
+        protocol={"split": "holdout", "holdout_shard": holdout_shard, "n_images": n_images, "seed": seed},
+    )
+
+
+def square_lab(data: bytes, protocol: Protocol) -> np.ndarray:
+    """A photo file's bytes → uint8 Lab ``(size, size, 3)``: upright, in sRGB, cropped and resized per protocol."""
+    with Image.open(io.BytesIO(data)) as image:
+        icc = image.info.get("icc_profile")
+        rgb, _ = to_srgb(flatten(upright(image), keep_cmyk=bool(icc)), icc)
+        pixels = np.asarray(rgb.convert("RGB"))
+    height, width = pixels.shape[:2]
+    if protocol.crop == "center":
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        pixels = pixels[top : top + side, left : left + side]
+    shrink = min(pixels.shape[:2]) > protocol.size
+    resized = cv2.resize(
+        pixels, (protocol.size, protocol.size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+    )
+    return rgb_to_lab_u8(resized)
+
+
+def photo_set(
+    paths: DatasetPaths,
+    names: pd.DataFrame,
+    read_photo: Callable[[int], bytes],
+    tokenizer: str,
+    protocol: Protocol,
+) -> EvaluationSet:
+    """The photos of ``names`` (columns ``image_id``, ``name``: the file's relative path) under ``protocol``,
+    decoded from their original files by ``read_photo(image_id)``.
+
+    Photos are ordered by file name (then path), so ImageNet's ``ILSVRC2012_val_00000001.JPEG`` … come first
+    even when stored in class folders; ``first_n`` keeps the first of them.
+    """
+    if names.empty:
+        raise ValueError(f"{paths.root.name} has no photos to evaluate on")
+    basename = names["name"].map(lambda name: str(name).rsplit("/", 1)[-1])
+    ordered = names.assign(_base=basename).sort_values(["_base", "name"], kind="stable", ignore_index=True)
+    ordered = ordered.head(protocol.first_n) if protocol.first_n is not None else ordered
+    ids = ordered["image_id"].to_numpy()
+
+    def read(positions: np.ndarray) -> np.ndarray:
+        return np.stack([square_lab(read_photo(int(ids[p])), protocol) for p in np.atleast_1d(positions)])
+
+    return EvaluationSet(
+        paths=paths,
+        description=f"{len(ids)} photos of {paths.root.name} ({protocol.crop} {protocol.size}²)",
+        image_ids=ids,
+        raw_tokens=_raw_tokens(paths, ids, tokenizer),
+        captions=_captions(paths, ids),
+        read=read,
+        protocol={"split": "all", "crop": protocol.crop, "size": protocol.size, "first_n": protocol.first_n},
+    )
+
+
 def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else math.nan
 
@@ -159,147 +310,240 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-def _collage(
-    paths: DatasetPaths,
-    rows: pd.DataFrame,
-    tokens: np.ndarray,
-    colorizer: Colorizer,
-    captions: dict[int, str],
-    path: Path,
-) -> Path:
-    """Grey input | generated with the true tags | original, for ``rows``."""
-    lab = read_rows(paths, rows)
-    generated = with_ab(lab, colorizer.predict_ab(lab[..., 0], tokens))
-    grey = lab_u8_to_rgb(with_ab(lab, NEUTRAL_AB))
-    collage_rows = [
-        CollageRow(grey[i], lab_u8_to_rgb(generated[i]), lab_u8_to_rgb(lab[i]), captions.get(image_id, ""))
-        for i, image_id in enumerate(rows["image_id"].tolist())
-    ]
-    return render_collage(collage_rows, path, tile=max(lab.shape[1], MIN_TILE))
-
-
 def trained_split(run_dir: Path) -> tuple[int, list[int]]:
     """The held-out shard and the training shards of a run, as its ``config.yaml`` recorded them.
 
     Read, not re-validated: a run trained on a GPU is evaluated on a CPU-only machine just as well.
     """
+    saved = _run_config(run_dir)
+    try:
+        return int(saved["holdout_shard"]), [int(s) for s in saved["shards"]]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{run_dir / 'config.yaml'}: no readable holdout_shard and shards ({error})") from error
+
+
+def _run_config(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "config.yaml"
     try:
         saved = yaml.safe_load(path.read_text())
-        return int(saved["holdout_shard"]), [int(s) for s in saved["shards"]]
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as error:
+    except (OSError, yaml.YAMLError) as error:
         raise ValueError(f"{path}: no readable holdout_shard and shards ({error})") from error
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: no readable holdout_shard and shards (not a mapping)")
+    return saved
 
 
-def evaluate_checkpoint(
-    paths: DatasetPaths,
+def run_train_mean(run_dir: Path, seed: int) -> tuple[np.ndarray, dict[str, Any]] | str:
+    """The ``train_mean`` baseline of a run, from its own training shards; the reason where they are not here."""
+    saved = _run_config(run_dir)
+    paths = DatasetPaths(Path(str(saved.get("data_root", ""))))
+    try:
+        _, shards = trained_split(run_dir)
+        images = pd.read_parquet(paths.images_table, columns=IMAGE_COLUMNS)
+        shards = [s for s in shards if paths.shard(s).is_file()]
+        mean_ab, photos = train_mean_ab(paths, images, shards, seed)
+    except (OSError, ValueError) as error:
+        return f"the run's training photos are not readable here ({error})"
+    where = {"photos": photos, "shards": shards, "data_root": str(paths.root)}
+    return mean_ab, {"a": float(mean_ab[0]) - NEUTRAL_AB, "b": float(mean_ab[1]) - NEUTRAL_AB, **where}
+
+
+class LearnedMetrics:
+    """FID (per set, against the originals' features, computed once) and LPIPS, where they can run here."""
+
+    def __init__(self, device: str, names: Sequence[str]) -> None:
+        self.status: dict[str, str] = {}
+        self.features: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        for metric, build in (("fid", inception_features), ("lpips", lpips_distance)):
+            try:
+                setattr(self, "features" if metric == "fid" else metric, build(device))
+                self.status[metric] = "ok"
+            except MetricUnavailable as error:
+                self.status[metric] = f"unavailable: {error}"
+        self.moments: dict[str, GaussianMoments] = {}
+        self.lpips_values: dict[str, list[np.ndarray]] = {name: [] for name in names}
+
+    def add(self, name: str, rgb: np.ndarray, original_rgb: np.ndarray | None = None) -> None:
+        """One batch of generated uint8 RGB ``(B, H, W, 3)`` of set ``name`` (``original`` for the originals)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2)
+        if self.features is not None:
+            features = self.features(tensor).numpy()
+            self.moments.setdefault(name, GaussianMoments(features.shape[1])).add(features)
+        if self.lpips is not None and original_rgb is not None:
+            original = torch.from_numpy(np.ascontiguousarray(original_rgb)).permute(0, 3, 1, 2)
+            self.lpips_values[name].append(self.lpips(tensor, original).numpy())
+
+    def summary(self, name: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.features is not None and self.moments.get(name) and self.moments["original"].count >= 2:
+            out["fid"] = frechet_distance(self.moments[name], self.moments["original"])
+        if self.lpips is not None and self.lpips_values[name]:
+            out["lpips"] = float(np.concatenate(self.lpips_values[name]).mean())
+        return out
+
+
+def _steering_collage(
+    eval_set: EvaluationSet, tokens: np.ndarray, colorizer: Colorizer, steering: Sequence[str], rows: int, path: Path
+) -> Path:
+    """Grey input | own tags | no tags | each alternative tag set | original, for the first ``rows`` photos."""
+    lab = eval_set.read(np.arange(min(rows, len(eval_set))))
+    alternatives = [tag_ids(parse_tags(text), colorizer.index) for text in steering]
+    token_sets = [tokens[: len(lab)], np.full_like(tokens[: len(lab)], colorizer.index.pad)]
+    token_sets += [np.repeat(alt[None], len(lab), axis=0) for alt in alternatives]
+    coloured = [lab_u8_to_rgb(with_ab(lab, colorizer.predict_ab(lab[..., 0], t))) for t in token_sets]
+    grey = lab_u8_to_rgb(with_ab(lab, NEUTRAL_AB))
+    originals = lab_u8_to_rgb(lab)
+    collage_rows = [
+        CollageRow((grey[i], *(c[i] for c in coloured), originals[i]), eval_set.captions.get(int(image_id), ""))
+        for i, image_id in enumerate(eval_set.image_ids[: len(lab)])
+    ]
+    columns = ("grey input", "own tags", "no tags", *steering, "original")
+    return render_collage(collage_rows, path, tile=max(lab.shape[1], MIN_TILE), columns=columns)
+
+
+def _collage(
+    eval_set: EvaluationSet, positions: np.ndarray, tokens: np.ndarray, colorizer: Colorizer, path: Path
+) -> Path:
+    """Grey input | generated with the true tags | original, for the photos at ``positions``."""
+    lab = eval_set.read(positions)
+    generated = lab_u8_to_rgb(with_ab(lab, colorizer.predict_ab(lab[..., 0], tokens[positions])))
+    grey = lab_u8_to_rgb(with_ab(lab, NEUTRAL_AB))
+    originals = lab_u8_to_rgb(lab)
+    collage_rows = [
+        CollageRow((grey[i], generated[i], originals[i]), eval_set.captions.get(int(eval_set.image_ids[p]), ""))
+        for i, p in enumerate(positions)
+    ]
+    return render_collage(collage_rows, path, tile=max(lab.shape[1], MIN_TILE))
+
+
+def evaluate(
+    eval_set: EvaluationSet,
     checkpoint: Path,
-    holdout_shard: int,
+    out_dir: Path,
     *,
-    n_images: int | None = 256,
+    train_mean: tuple[np.ndarray, dict[str, Any]] | str,
     collage_rows: int = 8,
+    steering: Sequence[str] = DEFAULT_STEERING,
+    steering_rows: int = 4,
     seed: int = 0,
     batch_size: int = 32,
     device: str = "cpu",
-    train_shards: Sequence[int] | None = None,
 ) -> EvaluationResult:
-    """Score ``checkpoint`` on colour photos of ``holdout_shard``; write ``metrics.json`` and two collages.
+    """Score ``checkpoint`` on ``eval_set``; write ``metrics.json`` and three collages into ``out_dir``.
 
-    ``train_shards`` (default: every other shard on disk) only feed the ``train_mean`` baseline. The
-    collages show the first ``collage_rows`` photos of the selection and the ``collage_rows`` with the
-    lowest ab error under their own tags.
+    ``train_mean`` is the ``train_mean`` baseline's a, b and where they come from, or the reason it is
+    missing (:func:`run_train_mean`). The collages show the first ``collage_rows`` photos, the
+    ``collage_rows`` with the lowest ab error under their own tags, and ``steering_rows`` photos under their
+    own tags, none, and each tag set of ``steering``.
     """
-    if collage_rows <= 0 or batch_size <= 0:
-        raise ValueError(f"collage_rows and batch_size must be positive, got {collage_rows} and {batch_size}")
-    images = pd.read_parquet(paths.images_table, columns=IMAGE_COLUMNS)
-    if holdout_shard not in set(images["shard"].tolist()):
-        raise ValueError(f"{paths.images_table} has no rows for held-out shard {holdout_shard}")
-    selection = seeded_subset(colour_photos(images, [holdout_shard]), n_images, seed)
-    if selection.empty:
-        raise ValueError(f"held-out shard {holdout_shard} has no valid colour photos to evaluate on")
-    if train_shards is None:
-        train_shards = [s for s in sorted(set(images["shard"].tolist())) if s != holdout_shard]
-        train_shards = [s for s in train_shards if paths.shard(s).is_file()]
-    if holdout_shard in train_shards:
-        raise ValueError(f"shard {holdout_shard} is held out for evaluation but listed among the training shards")
-    mean_ab, mean_sample = train_mean_ab(paths, images, train_shards, seed)
-    mean_ab_u8 = np.rint(mean_ab).astype(np.uint8)
-
+    if min(collage_rows, batch_size, steering_rows) <= 0:
+        raise ValueError(
+            f"collage_rows, steering_rows and batch_size must be positive, got {collage_rows}, {steering_rows}"
+            f" and {batch_size}"
+        )
+    if len(eval_set) < 2:
+        raise ValueError(f"{eval_set.description}: at least 2 photos are needed (tags are shuffled among them)")
     colorizer = Colorizer.from_checkpoint(checkpoint, device=device)
-    ids = selection["image_id"].to_numpy()
-    tokens = np.load(tokens_file(paths, colorizer.index.tokenizer), mmap_mode="r")  # the checkpoint's tokenizer
-    true_tokens = checkpoint_ids(np.asarray(tokens[ids], dtype=np.int32), paths, colorizer.index)
+    true_tokens = checkpoint_ids(eval_set.raw_tokens, eval_set.paths, colorizer.index)
     condition_tokens = {
         "tags": true_tokens,
         "pad": np.full_like(true_tokens, colorizer.index.pad),
-        "shuffled": true_tokens[derangement(len(ids), seed)],
+        "shuffled": true_tokens[derangement(len(eval_set), seed)],
     }
-    parts: dict[str, list[ImageMetrics]] = {name: [] for name in CONDITIONS + BASELINES}
-    for start in range(0, len(ids), batch_size):
-        batch = slice(start, start + batch_size)
-        original = read_rows(paths, selection.iloc[batch])
-        for name, tokens in condition_tokens.items():
-            predicted = colorizer.predict_ab(original[..., 0], tokens[batch])
-            parts[name].append(image_metrics(with_ab(original, predicted), original))
-        parts["grey"].append(image_metrics(with_ab(original, NEUTRAL_AB), original))
-        parts["train_mean"].append(image_metrics(with_ab(original, mean_ab_u8), original))
+    baselines = {"grey": NEUTRAL_AB}
+    if not isinstance(train_mean, str):
+        baselines["train_mean"] = np.rint(train_mean[0]).astype(np.uint8)
+    names = [*CONDITIONS, *baselines]
+    learned = LearnedMetrics(device, names)
+    parts: dict[str, list[ImageMetrics]] = {name: [] for name in names}
+    for start in range(0, len(eval_set), batch_size):
+        positions = np.arange(start, min(start + batch_size, len(eval_set)))
+        original = eval_set.read(positions)
+        original_rgb = lab_u8_to_rgb(original)
+        learned.add("original", original_rgb)
+        for name in names:
+            if name in condition_tokens:
+                generated = with_ab(original, colorizer.predict_ab(original[..., 0], condition_tokens[name][positions]))
+            else:
+                generated = with_ab(original, baselines[name])
+            parts[name].append(image_metrics(generated, original))
+            learned.add(name, lab_u8_to_rgb(generated), original_rgb)
     per_image = {name: ImageMetrics.concat(items) for name, items in parts.items()}
-    summaries = {name: metrics.summary() for name, metrics in per_image.items()}
+    summaries = {name: per_image[name].summary() | learned.summary(name) for name in names}
 
     error = {name: float(summary["ab_error"]) for name, summary in summaries.items()}
     headline = {
         "tag_gain": _ratio(error["shuffled"], error["tags"]),
         "pad_gain": _ratio(error["pad"], error["tags"]),
-        "train_mean_gain": _ratio(error["train_mean"], error["tags"]),
         "grey_gain": _ratio(error["grey"], error["tags"]),
+        **({"train_mean_gain": _ratio(error["train_mean"], error["tags"])} if "train_mean" in error else {}),
     }
     metrics: dict[str, Any] = {
         "checkpoint": str(checkpoint),
-        "holdout_shard": holdout_shard,
+        "evaluated_on": eval_set.description,
+        "protocol": eval_set.protocol,
         "seed": seed,
-        "n_images": len(ids),
+        "n_images": len(eval_set),
         "headline": headline,
         "conditions": {name: summaries[name] for name in CONDITIONS},
-        "baselines": {name: summaries[name] for name in BASELINES},
-        "train_mean_ab": {
-            "a": float(mean_ab[0]) - NEUTRAL_AB,
-            "b": float(mean_ab[1]) - NEUTRAL_AB,
-            "photos": mean_sample,
-            "shards": [int(s) for s in train_shards],
-        },
-        "image_ids": ids.tolist(),
+        "baselines": {name: summaries[name] for name in baselines},
+        "learned_metrics": learned.status,
+        "train_mean_ab": train_mean[1] if not isinstance(train_mean, str) else f"unavailable: {train_mean}",
+        "image_ids": eval_set.image_ids.tolist(),
     }
-    metrics_path = paths.evaluation / METRICS_NAME
+    metrics_path = out_dir / METRICS_NAME
     atomic_write_text(metrics_path, json.dumps(_finite_or_none(metrics), indent=2, allow_nan=False) + "\n")
 
-    tags = pd.read_parquet(paths.tags_table, columns=["image_id", "tags"], filters=[("image_id", "in", ids.tolist())])
-    captions = {int(i): ", ".join(t) for i, t in zip(tags["image_id"], tags["tags"], strict=True)}
-    first = np.arange(min(collage_rows, len(ids)))
-    best = np.argsort(per_image["tags"].ab_error, kind="stable")[: len(first)]
-    collage_path = _collage(
-        paths, selection.iloc[first], true_tokens[first], colorizer, captions, paths.evaluation / COLLAGE_NAME
-    )
-    best_collage_path = _collage(
-        paths, selection.iloc[best], true_tokens[best], colorizer, captions, paths.evaluation / BEST_COLLAGE_NAME
+    first = np.arange(min(collage_rows, len(eval_set)))
+    best = np.sort(np.argsort(per_image["tags"].ab_error, kind="stable")[: len(first)])
+    collage_path = _collage(eval_set, first, true_tokens, colorizer, out_dir / COLLAGE_NAME)
+    best_collage_path = _collage(eval_set, best, true_tokens, colorizer, out_dir / BEST_COLLAGE_NAME)
+    steering_path = _steering_collage(
+        eval_set, true_tokens, colorizer, steering, steering_rows, out_dir / STEERING_COLLAGE_NAME
     )
 
-    figures: dict[str, float | int] = {"n_images": len(ids), **headline}
+    figures: dict[str, float | int | str] = {"n_images": len(eval_set), **headline}
     for name, summary in summaries.items():
         figures |= {f"{key}/{name}": value for key, value in summary.items() if key != "n_images"}
+    figures |= {f"{metric}_status": status for metric, status in learned.status.items()}
     return EvaluationResult(
         metrics=metrics,
         figures=figures,
         metrics_path=metrics_path,
         collage_path=collage_path,
         best_collage_path=best_collage_path,
+        steering_collage_path=steering_path,
     )
 
 
-def evaluate_run(paths: DatasetPaths, run_dir: Path, **options: Any) -> EvaluationResult:
-    """Score the run in ``run_dir`` (its ``latest.pt``) on the held-out shard its ``config.yaml`` recorded;
-    ``options`` go to :func:`evaluate_checkpoint`."""
+def run_checkpoint(run_dir: Path) -> Path:
     checkpoint = run_dir / "latest.pt"
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"no checkpoint at {checkpoint}: materialize {paths.root.name}/colorizer first")
-    holdout, train_shards = trained_split(run_dir)
-    return evaluate_checkpoint(paths, checkpoint, holdout, train_shards=train_shards, **options)
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}: train the run first")
+    return checkpoint
+
+
+def evaluate_run(
+    paths: DatasetPaths, run_dir: Path, *, n_images: int | None = 256, seed: int = 0, **options: Any
+) -> EvaluationResult:
+    """Score the run in ``run_dir`` (its ``latest.pt``) on a held-out shard of ``paths``: the run's own when
+    it was trained on this dataset, else the dataset's recorded one; ``options`` go to :func:`evaluate`."""
+    checkpoint = run_checkpoint(run_dir)
+    saved = _run_config(run_dir)
+    own = Path(str(saved.get("data_root", ""))).resolve() == paths.root.resolve()
+    holdout = trained_split(run_dir)[0] if own else dataset_holdout(paths)
+    eval_set = holdout_set(paths, holdout, run_tokenizer(run_dir), n_images, seed)
+    train_mean = run_train_mean(run_dir, seed)
+    return evaluate(eval_set, checkpoint, paths.evaluation, train_mean=train_mean, seed=seed, **options)
+
+
+def run_tokenizer(run_dir: Path) -> str:
+    """The tokenizer a run was trained with (runs from before the choice existed used o200k)."""
+    return str(_run_config(run_dir).get("tokenizer", "o200k"))
+
+
+def dataset_holdout(paths: DatasetPaths) -> int:
+    """The held-out shard a dataset recorded, else its last shard (as training chooses it)."""
+    layout = read_layout(paths.root)
+    return layout.n_shards - 1 if layout.holdout_shard is None else layout.holdout_shard

@@ -17,6 +17,7 @@ from model.data import Batch
 @dataclass(frozen=True)
 class LossWeights:
     gp_lambda: float = 10.0
+    """The penalty's weight per update it is applied on (``gp_every`` × the configured λ when lazy)."""
     drift: float = 1e-3
     l1_weight: float = 100.0
 
@@ -48,24 +49,38 @@ def critic_loss(
     fake_ab: torch.Tensor,
     batch: Batch,
     weights: LossWeights,
+    penalise: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``D(fake) − D(real) + GP + drift · D(real)²`` and its parts for logging.
+    """``D(fake) − D(real) + GP + drift · D(real)²`` and its parts for logging; without ``penalise`` (the
+    updates a lazy penalty skips) no GP term and no ``gp`` entry.
 
     ``penalty_critic`` is the same network without ``torch.compile``, which cannot differentiate twice.
     """
     d_real = critic(batch.ab, batch.lightness, batch.tokens).float()
     d_fake = critic(fake_ab.detach(), batch.lightness, batch.tokens).float()
-    gp = gradient_penalty(penalty_critic, batch.ab, fake_ab, (batch.lightness, batch.tokens), weights.gp_lambda)
     wasserstein = d_real.mean() - d_fake.mean()
-    loss = -wasserstein + gp + weights.drift * d_real.square().mean()
-    return loss, {"critic_loss": loss.detach(), "wasserstein": wasserstein.detach(), "gp": gp.detach()}
+    loss = -wasserstein + weights.drift * d_real.square().mean()
+    stats = {"wasserstein": wasserstein.detach()}
+    if penalise:
+        gp = gradient_penalty(penalty_critic, batch.ab, fake_ab, (batch.lightness, batch.tokens), weights.gp_lambda)
+        loss = loss + gp
+        stats["gp"] = gp.detach()
+    return loss, {"critic_loss": loss.detach(), **stats}
 
 
 def generator_loss(
-    critic: Callable[..., torch.Tensor], fake_ab: torch.Tensor, batch: Batch, weights: LossWeights
+    critic: Callable[..., torch.Tensor],
+    fake_ab: torch.Tensor,
+    batch: Batch,
+    weights: LossWeights,
+    with_critic: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``−D(fake) + l1_weight · |fake − real|`` and its parts for logging."""
-    adversarial = -critic(fake_ab, batch.lightness, batch.tokens).float().mean()
+    """``−D(fake) + l1_weight · |fake − real|`` and its parts for logging; the L1 term alone without
+    ``with_critic`` (the L1 warm-up)."""
     l1 = (fake_ab.float() - batch.ab.float()).abs().mean()
-    loss = adversarial + weights.l1_weight * l1
+    loss = weights.l1_weight * l1
+    if not with_critic:
+        return loss, {"generator_loss": loss.detach(), "l1": l1.detach()}
+    adversarial = -critic(fake_ab, batch.lightness, batch.tokens).float().mean()
+    loss = adversarial + loss
     return loss, {"generator_loss": loss.detach(), "adversarial": adversarial.detach(), "l1": l1.detach()}

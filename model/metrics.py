@@ -1,4 +1,5 @@
-"""Colorization metrics on batches of uint8 images: PSNR and SSIM in RGB, ab error in Lab, colourfulness.
+"""Colorization metrics on batches of uint8 images: PSNR and SSIM in RGB, ab error and dominant-hue error in
+Lab, colourfulness.
 
 Every function returns one value per image, so a caller can stream batches, concatenate, pick the best
 images and aggregate once. PSNR of an exact copy is ``inf``; :meth:`ImageMetrics.summary` averages the
@@ -92,6 +93,38 @@ def ab_error(generated_ab: np.ndarray, original_ab: np.ndarray) -> np.ndarray:
     return diff.mean(axis=(1, 2, 3))
 
 
+HUE_MIN_CHROMA = 5.0
+"""Lab units of chroma the original's dominant colour needs for its hue to count (a grey photo has none)."""
+NO_HUE_ERROR = 90.0
+"""Degrees scored when the prediction has no colour at all: what a random hue scores on average."""
+
+
+def dominant_ab(ab_u8: np.ndarray) -> np.ndarray:
+    """Per image, the chroma-weighted mean of encoded a, b ``(B, H, W, 2)`` as Lab (a, b) ``(B, 2)``.
+
+    Weighting by chroma lets the coloured parts decide: a red ball on a grey ground is red, not pinkish grey.
+    """
+    ab = ab_u8.astype(np.float64) - 128.0
+    weight = np.hypot(ab[..., 0], ab[..., 1])
+    total = weight.sum(axis=(1, 2))
+    weighted = (ab * weight[..., None]).sum(axis=(1, 2))
+    return np.divide(weighted, total[:, None], out=np.zeros_like(weighted), where=total[:, None] > 0)
+
+
+def hue_error(generated_ab: np.ndarray, original_ab: np.ndarray) -> np.ndarray:
+    """Per image, degrees (0 … 180) between the hue angles of the two dominant colours (:func:`dominant_ab`).
+
+    NaN where the original has no colour to speak of (under :data:`HUE_MIN_CHROMA`); a prediction without
+    colour scores :data:`NO_HUE_ERROR`. The figure shows the failure people complain about, the wrong colour,
+    which a mean pixel error averages away.
+    """
+    generated, original = dominant_ab(generated_ab), dominant_ab(original_ab)
+    angle = np.degrees(np.arctan2(generated[:, 1], generated[:, 0]) - np.arctan2(original[:, 1], original[:, 0]))
+    error = np.abs((angle + 180.0) % 360.0 - 180.0)
+    error = np.where(np.hypot(*generated.T) > 0, error, NO_HUE_ERROR)
+    return np.where(np.hypot(*original.T) >= HUE_MIN_CHROMA, error, np.nan)
+
+
 @dataclass(frozen=True)
 class ImageMetrics:
     """Per-image metrics of generated against original photos; each field has one value per image."""
@@ -99,6 +132,7 @@ class ImageMetrics:
     psnr: np.ndarray
     ssim: np.ndarray
     ab_error: np.ndarray
+    hue_error: np.ndarray
     colorfulness_generated: np.ndarray
     colorfulness_original: np.ndarray
 
@@ -114,21 +148,27 @@ class ImageMetrics:
         """Means over the images; PSNR over finite values only, with ``psnr_identical`` counting exact copies.
 
         ``colorfulness_gap`` is generated minus original: negative when the colours come out too dull, the
-        usual failure of a regression-trained colorizer.
+        usual failure of a regression-trained colorizer. ``delta_cf`` is its magnitude, the ΔCF of DDColor
+        (ICCV 2023): ``|mean CF(generated) − mean CF(original)|`` over the set. ``hue_error`` averages the
+        photos with colour, ``hue_photos`` of them.
         """
         finite = np.isfinite(self.psnr)
         mean_psnr = float(self.psnr[finite].mean()) if finite.any() else math.inf
         generated = float(self.colorfulness_generated.mean())
         original = float(self.colorfulness_original.mean())
+        coloured = np.isfinite(self.hue_error)
         return {
             "n_images": len(self),
             "psnr": mean_psnr,
             "psnr_identical": int((~finite).sum()),
             "ssim": float(self.ssim.mean()),
             "ab_error": float(self.ab_error.mean()),
+            "hue_error": float(self.hue_error[coloured].mean()) if coloured.any() else math.nan,
+            "hue_photos": int(coloured.sum()),
             "colorfulness_generated": generated,
             "colorfulness_original": original,
             "colorfulness_gap": generated - original,
+            "delta_cf": abs(generated - original),
         }
 
 
@@ -141,6 +181,7 @@ def image_metrics(generated_lab: np.ndarray, original_lab: np.ndarray) -> ImageM
         psnr=psnr(generated_rgb, original_rgb),
         ssim=ssim(generated_rgb, original_rgb),
         ab_error=ab_error(generated_lab[..., 1:], original_lab[..., 1:]),
+        hue_error=hue_error(generated_lab[..., 1:], original_lab[..., 1:]),
         colorfulness_generated=np.asarray(colorfulness(generated_rgb), dtype=np.float64).reshape(-1),
         colorfulness_original=np.asarray(colorfulness(original_rgb), dtype=np.float64).reshape(-1),
     )

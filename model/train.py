@@ -145,6 +145,16 @@ def total_steps(config: TrainConfig, batches_per_epoch: int) -> int:
     return min(steps, config.max_steps) if config.max_steps is not None else steps
 
 
+def time_is_up(max_seconds: float | None, started: float, ddp: Distributed, device: torch.device) -> bool:
+    """Whether the time budget is spent, as rank 0's clock says, so that every rank stops at the same step."""
+    if max_seconds is None:
+        return False
+    spent = torch.tensor([float(time.perf_counter() - started >= max_seconds)], device=device)
+    if ddp.enabled:
+        dist.broadcast(spent, src=0)
+    return bool(spent.item())
+
+
 def mean_over_ranks(stats: dict[str, torch.Tensor], ddp: Distributed) -> dict[str, float]:
     """Logged losses averaged over every rank's batch, so a multi-GPU run logs what it trains on."""
     values = torch.stack([value.detach().float() for value in stats.values()])
@@ -307,47 +317,59 @@ def _train(
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda and config.bf16 else contextlib.nullcontext()
         generator = torch.compile(state.generator) if config.compile else state.generator
         critic = torch.compile(state.critic) if config.compile else state.critic
-        weights = LossWeights(config.gp_lambda, config.drift, config.l1_weight)
-        images_per_step = config.n_critic * config.batch_size * ddp.world_size
+        weights = LossWeights(config.gp_lambda * config.gp_every, config.drift, config.l1_weight)
         started = last_log = time.perf_counter()
-        last_log_step = state.step
+        images_since_log = 0
+        last_gp: dict[str, torch.Tensor] = {}
 
-        while state.step < steps:
-            for _ in range(config.n_critic):
+        out_of_time = False
+        while state.step < steps and not out_of_time:
+            adversarial = state.step >= config.l1_warmup_steps
+            stats_d: dict[str, torch.Tensor] = {}
+            batches = config.n_critic if adversarial else 1  # the warm-up's step trains the generator only
+            for update in range(batches):
                 batch = to_device(next(loader), device, config.image_size, channels_last=on_cuda)
+                if not adversarial:
+                    continue
+                # The update's number, not a counter of this process, picks the penalised ones: resume-exact.
+                penalise = ((state.step - config.l1_warmup_steps) * config.n_critic + update) % config.gp_every == 0
                 with autocast:
                     with torch.no_grad():
                         fake = generator(batch.lightness, batch.tokens)
-                    loss_d, stats_d = critic_loss(critic, state.critic, fake, batch, weights)
+                    loss_d, stats_d = critic_loss(critic, state.critic, fake, batch, weights, penalise)
                 optimizer_step(state.opt_d, loss_d, state.critic, ddp)
+                last_gp = {"gp": stats_d["gp"]} if penalise else last_gp
+            stats_d |= last_gp if adversarial else {}
+            images_since_log += batches * config.batch_size * ddp.world_size
 
             state.critic.requires_grad_(False)
             with autocast:
                 fake = generator(batch.lightness, batch.tokens)
-                loss_g, stats_g = generator_loss(critic, fake, batch, weights)
+                loss_g, stats_g = generator_loss(critic, fake, batch, weights, adversarial)
             optimizer_step(state.opt_g, loss_g, state.generator, ddp)
             state.critic.requires_grad_(True)
             update_ema(state.ema, state.generator, ema_decay(config.ema_decay, state.step))
             state.step += 1
             state.position = batch.position
 
-            if state.step % config.log_every == 0 or state.step == steps:
+            out_of_time = time_is_up(config.max_seconds, started, ddp, device)
+            if state.step % config.log_every == 0 or state.step == steps or out_of_time:
                 now = time.perf_counter()
                 row = {
                     "step": state.step,
                     "epoch": state.position.epoch + state.position.offset / samples_per_epoch,
                     **mean_over_ranks(stats_d | stats_g, ddp),
-                    "images_per_s": (state.step - last_log_step) * images_per_step / (now - last_log),
+                    "images_per_s": images_since_log / (now - last_log),
                     "elapsed_s": now - started,
                     **({"gpu_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30} if on_cuda else {}),
                 }
-                last_log, last_log_step = now, state.step
+                last_log, images_since_log = now, 0
                 if ddp.is_main:
                     rows.append(row)
                     write_metrics(run_dir / METRICS, rows)
                     if report is not None:
                         report(row)
-            if state.step % config.ckpt_every == 0 or state.step == steps:
+            if state.step % config.ckpt_every == 0 or state.step == steps or out_of_time:
                 rng = gather_rng_states(ddp)
                 if ddp.is_main:
                     save_checkpoint(run_dir, checkpoint_payload(state, config, rng), config.keep_checkpoints)

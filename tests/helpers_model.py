@@ -6,6 +6,7 @@ the fixtures once, so the session-scoped training runs once however many modules
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,11 +62,12 @@ def draw_photo(image_id: int) -> tuple[np.ndarray, list[str]]:
     return rgb, [colour, shape, f"photo{image_id}"]
 
 
-def write_tiny_dataset(root: Path, vocabulary_dir: Path) -> DatasetPaths:
-    """Shards, ``images.parquet``, ``tokens.npy`` and ``tags.parquet`` of ``N_SHARDS × SHARD_SIZE`` photos."""
+def write_tiny_dataset(root: Path, vocabulary_dir: Path, photo_offset: int = 0) -> DatasetPaths:
+    """Shards, ``images.parquet``, ``tokens.npy`` and ``tags.parquet`` of ``N_SHARDS × SHARD_SIZE`` photos;
+    ``photo_offset`` draws other photos for the same ids (a second dataset)."""
     paths = DatasetPaths(root)
     n = N_SHARDS * SHARD_SIZE
-    photos, tags = zip(*(draw_photo(i) for i in range(n)), strict=True)
+    photos, tags = zip(*(draw_photo(i + photo_offset) for i in range(n)), strict=True)
     rgb = np.stack(photos)
     rgb[GRAYSCALE] = rgb[GRAYSCALE].mean(axis=-1, keepdims=True).astype(np.uint8)
     rgb[INVALID] = 0
@@ -123,6 +125,12 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, vocabulary_dir: Path) -> 
         prefetch=1,
     )
     return TinyRun(paths=paths, checkpoint=train(config).checkpoint)
+
+
+@pytest.fixture(scope="session")
+def write_dataset(vocabulary_dir: Path) -> Callable[..., DatasetPaths]:
+    """:func:`write_tiny_dataset` for tests of a second dataset (``root``, ``photo_offset``)."""
+    return lambda root, photo_offset=0: write_tiny_dataset(root, vocabulary_dir, photo_offset)
 
 
 @pytest.fixture(scope="session")

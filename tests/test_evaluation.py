@@ -1,4 +1,5 @@
-"""Evaluation of a tiny checkpoint on a tiny held-out shard, the tag derangement, and the collage layout."""
+"""Evaluation of a tiny checkpoint on a tiny held-out shard (its own and another dataset's) and on photo files
+under a protocol, the tag derangement, the steering collage, and the collage layout."""
 
 from __future__ import annotations
 
@@ -6,26 +7,34 @@ import base64
 import io
 import json
 import re
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image, ImageFont
 
+from model import evaluation as evaluation_module
+from model.colorize import tag_ids
 from model.evaluation import (
     BASELINES,
     CONDITIONS,
     MIN_TILE,
     EvaluationResult,
+    Protocol,
     colour_photos,
     derangement,
-    evaluate_checkpoint,
+    evaluate,
+    evaluate_run,
+    holdout_set,
+    photo_set,
     seeded_subset,
     trained_split,
 )
+from model.fid import GaussianMoments, frechet_distance
 from model.inference import Colorizer
 from pipeline.core.color import lab_u8_to_rgb
 from pipeline.core.contract import PAD_ID
@@ -47,18 +56,30 @@ pytest_plugins = ["tests.helpers_model"]
 
 TILE = 48
 COLLAGE_ROWS = 4
+STEERING = ("red", "blue, circle")
+STEERING_ROWS = 3
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No downloads in tests, and an empty weights cache: FID and LPIPS are unavailable unless a test fakes them."""
+    monkeypatch.setenv("TAGCOLOR_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
 
 @pytest.fixture(scope="module")
 def evaluation(tiny_run: TinyRun) -> EvaluationResult:
-    return evaluate_checkpoint(
-        tiny_run.paths,
-        tiny_run.checkpoint,
-        tiny_run.holdout_shard,
-        n_images=None,
-        collage_rows=COLLAGE_ROWS,
-        batch_size=5,
-    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TAGCOLOR_OFFLINE", "1")
+        return evaluate_run(
+            tiny_run.paths,
+            tiny_run.checkpoint.parent,
+            n_images=None,
+            collage_rows=COLLAGE_ROWS,
+            steering=STEERING,
+            steering_rows=STEERING_ROWS,
+            batch_size=5,
+        )
 
 
 def test_evaluation_scores_the_colour_photos_of_the_held_out_shard(
@@ -86,7 +107,44 @@ def test_evaluation_scores_the_colour_photos_of_the_held_out_shard(
     assert evaluation.figures["ab_error/shuffled"] == conditions["shuffled"]["ab_error"]
     assert evaluation.figures["psnr/tags"] == conditions["tags"]["psnr"]
     assert evaluation.figures["n_images"] == len(expected_ids)
-    assert all(isinstance(v, int | float) for v in evaluation.figures.values())
+    assert all(isinstance(v, int | float) for k, v in evaluation.figures.items() if not k.endswith("_status"))
+    assert written["evaluated_on"] == f"held-out shard {tiny_run.holdout_shard:03d} of data"
+    for name in (*CONDITIONS, *BASELINES):
+        summary = {**written["conditions"], **written["baselines"]}[name]
+        assert summary["delta_cf"] == pytest.approx(abs(summary["colorfulness_gap"]))
+        assert 0 <= summary["hue_error"] <= 180 and summary["hue_photos"] == len(expected_ids)
+
+
+def test_fid_and_lpips_are_unavailable_offline_and_say_what_to_do(evaluation: EvaluationResult) -> None:
+    status = evaluation.metrics["learned_metrics"]
+    assert status["fid"].startswith("unavailable: ") and "weights-inception-2015-12-05-6726825d.pth" in status["fid"]
+    assert "TAGCOLOR_OFFLINE" in status["fid"] and "https://github.com/toshas/torch-fidelity/" in status["fid"]
+    assert status["lpips"].startswith("unavailable: ") and "alexnet-owt-7be5be79.pth" in status["lpips"]
+    assert evaluation.figures["fid_status"] == status["fid"]
+    assert not any(key.startswith(("fid/", "lpips/")) for key in evaluation.figures)
+
+
+def test_fid_is_the_frechet_distance_of_each_set_to_the_originals(
+    tiny_run: TinyRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def features(rgb: torch.Tensor) -> torch.Tensor:
+        """Per-channel means and spreads: a stand-in for Inception, with the same calling convention."""
+        x = rgb.double()
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+
+    monkeypatch.setattr(evaluation_module, "inception_features", lambda device: features)
+    eval_set = holdout_set(tiny_run.paths, tiny_run.holdout_shard, "o200k", n_images=None)
+    result = evaluate(eval_set, tiny_run.checkpoint, tmp_path / "out", train_mean="not needed", batch_size=4)
+    assert result.metrics["learned_metrics"]["fid"] == "ok"
+    assert "train_mean" not in result.metrics["baselines"] and result.metrics["train_mean_ab"].startswith("unavail")
+    lab = eval_set.read(np.arange(len(eval_set)))
+    original, grey = GaussianMoments(6), GaussianMoments(6)
+    original.add(features(torch.from_numpy(lab_u8_to_rgb(lab)).permute(0, 3, 1, 2)).numpy())
+    grey_lab = lab.copy()
+    grey_lab[..., 1:] = 128
+    grey.add(features(torch.from_numpy(lab_u8_to_rgb(grey_lab)).permute(0, 3, 1, 2)).numpy())
+    assert result.metrics["baselines"]["grey"]["fid"] == pytest.approx(frechet_distance(grey, original))
+    assert result.figures["fid/tags"] == result.metrics["conditions"]["tags"]["fid"] >= 0
 
 
 def test_baselines_match_direct_computation(tiny_run: TinyRun, evaluation: EvaluationResult) -> None:
@@ -100,7 +158,7 @@ def test_baselines_match_direct_computation(tiny_run: TinyRun, evaluation: Evalu
     mean = evaluation.metrics["train_mean_ab"]
     assert mean["a"] == pytest.approx(train[..., 1].mean() - 128)
     assert mean["b"] == pytest.approx(train[..., 2].mean() - 128)
-    assert mean["photos"] == tiny_run.shard_size and mean["shards"] == [0]
+    assert mean["photos"] == tiny_run.shard_size and mean["shards"] == [0] and mean["data_root"] == str(paths.root)
     constant = np.rint(np.array([mean["a"], mean["b"]]) + 128)
     expected = np.abs(held[..., 1:].astype(float) - constant).mean()
     assert evaluation.metrics["baselines"]["train_mean"]["ab_error"] == pytest.approx(expected)
@@ -115,6 +173,7 @@ def test_collages_have_the_layout_size_and_show_the_photos(tiny_run: TinyRun, ev
         "metrics.json",
         "result_collage.png",
         "result_collage_best.png",
+        "steering_collage.png",
     ]
 
     first = evaluation.metrics["image_ids"][0]
@@ -146,8 +205,6 @@ def test_derangement_moves_every_image() -> None:
 def test_ablation_feeds_true_pad_and_deranged_tags(
     tiny_run: TinyRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    paths = DatasetPaths(tmp_path / "data")
-    shutil.copytree(tiny_run.paths.root, paths.root)
     seen: list[np.ndarray] = []
     predict = Colorizer.predict_ab
 
@@ -156,13 +213,78 @@ def test_ablation_feeds_true_pad_and_deranged_tags(
         return predict(self, l_u8, tokens)
 
     monkeypatch.setattr(Colorizer, "predict_ab", spy)
-    result = evaluate_checkpoint(paths, tiny_run.checkpoint, tiny_run.holdout_shard, n_images=None, batch_size=100)
+    eval_set = holdout_set(tiny_run.paths, tiny_run.holdout_shard, "o200k", n_images=None)
+    result = evaluate(eval_set, tiny_run.checkpoint, tmp_path, train_mean="not needed", batch_size=100)
     ids = result.metrics["image_ids"]
-    true = np.load(paths.tokens)[ids]
+    true = np.load(tiny_run.paths.tokens)[ids]
     tags, pad, shuffled = seen[:3]  # one batch: the three conditions, then the collages' predictions
     np.testing.assert_array_equal(tags, true)
     assert (pad == PAD_ID).all()
     np.testing.assert_array_equal(shuffled, true[derangement(len(ids), 0)])
+
+
+def test_steering_collage_shows_own_no_and_each_alternative_tag_set(
+    tiny_run: TinyRun, evaluation: EvaluationResult
+) -> None:
+    columns = 3 + len(STEERING) + 1  # grey input, own tags, no tags, the alternatives, original
+    layout = CollageLayout(tile=MIN_TILE, n_rows=STEERING_ROWS, n_columns=columns)
+    with Image.open(evaluation.steering_collage_path) as image:
+        assert image.size == (layout.width, layout.height)
+        pixels = np.asarray(image.convert("RGB"))
+    first = evaluation.metrics["image_ids"][0]
+    lab = np.load(tiny_run.paths.shard(tiny_run.holdout_shard))[first - tiny_run.holdout_shard * tiny_run.shard_size]
+    colorizer = Colorizer.from_checkpoint(tiny_run.checkpoint)
+    red = tag_ids(["red"], colorizer.index)
+    for column, tokens in ((2, np.full(20, PAD_ID)), (3, red)):
+        expected = lab[None].copy()
+        expected[..., 1:] = colorizer.predict_ab(lab[None, ..., 0], tokens[None].astype(np.int32))
+        tile = Image.fromarray(lab_u8_to_rgb(expected[0])).resize((MIN_TILE, MIN_TILE), Image.Resampling.LANCZOS)
+        x, y = layout.tile_origin(0, column)
+        np.testing.assert_array_equal(pixels[y : y + MIN_TILE, x : x + MIN_TILE], np.asarray(tile))
+
+
+def test_a_run_scores_another_datasets_held_out_shard(
+    tiny_run: TinyRun, tmp_path: Path, write_dataset: Callable[..., DatasetPaths]
+) -> None:
+    other = write_dataset(tmp_path / "other", photo_offset=3)
+    result = evaluate_run(other, tiny_run.checkpoint.parent, n_images=None, batch_size=8)
+    assert result.metrics_path == other.evaluation / "metrics.json"
+    assert result.metrics["evaluated_on"] == f"held-out shard {tiny_run.holdout_shard:03d} of other"
+    held = np.load(other.shard(tiny_run.holdout_shard))
+    ids = result.metrics["image_ids"]
+    grey = np.abs(held[np.array(ids) - tiny_run.holdout_shard * tiny_run.shard_size][..., 1:].astype(float) - 128)
+    assert result.metrics["baselines"]["grey"]["ab_error"] == pytest.approx(grey.mean())
+    assert result.metrics["train_mean_ab"]["data_root"] == str(tiny_run.paths.root)  # the run's training photos
+
+
+def test_photo_files_are_scored_in_file_name_order_under_the_protocol(tiny_run: TinyRun, tmp_path: Path) -> None:
+    paths = tiny_run.paths
+    ids = np.arange(tiny_run.holdout_shard * tiny_run.shard_size, (tiny_run.holdout_shard + 1) * tiny_run.shard_size)
+    files = {}
+    for k, image_id in enumerate(ids):
+        rgb = np.zeros((30, 50, 3), dtype=np.uint8)  # 50 wide: the centre crop keeps columns 10 … 39
+        rgb[:, 10:40] = (40 + 12 * k, 120, 220 - 12 * k)
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="PNG")
+        files[int(image_id)] = buffer.getvalue()
+    # Class folders as in ImageNet: the order is by file name, not by path.
+    names = pd.DataFrame(
+        {"image_id": ids, "name": [f"n{9 - k:02d}/ILSVRC2012_val_{k + 1:08d}.PNG" for k in range(len(ids))]}
+    )
+    protocol = Protocol(crop="center", size=24, first_n=len(ids) - 1)
+    eval_set = photo_set(paths, names.iloc[::-1], files.__getitem__, "o200k", protocol)
+    assert eval_set.image_ids.tolist() == ids[:-1].tolist()
+    lab = eval_set.read(np.arange(2))
+    assert lab.shape == (2, 24, 24, 3)
+    assert np.ptp(lab[..., 1:].astype(int), axis=(1, 2)).max() <= 2  # only the centred colour band is left
+    result = evaluate(eval_set, tiny_run.checkpoint, tmp_path, train_mean="", batch_size=4, collage_rows=COLLAGE_ROWS)
+    assert result.metrics["protocol"] == {"split": "all", "crop": "center", "size": 24, "first_n": len(ids) - 1}
+    assert result.metrics["n_images"] == len(ids) - 1
+    layout = CollageLayout(MIN_TILE, COLLAGE_ROWS)
+    with Image.open(result.collage_path) as collage:
+        assert collage.size == (layout.width, layout.height)
+    with pytest.raises(ValueError, match="crop"):
+        Protocol(crop="top")
 
 
 def test_shuffled_tags_are_never_an_images_own(tiny_run: TinyRun) -> None:
@@ -186,22 +308,23 @@ def test_selection_is_seeded_and_skips_invalid_and_grey_photos(tiny_run: TinyRun
         seeded_subset(photos, 0, 0)
 
 
-def test_evaluation_refuses_a_wrong_split(tiny_run: TinyRun) -> None:
+def test_evaluation_refuses_a_wrong_split(tiny_run: TinyRun, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="held-out shard 5"):
-        evaluate_checkpoint(tiny_run.paths, tiny_run.checkpoint, 5)
-    with pytest.raises(ValueError, match="training shards"):
-        evaluate_checkpoint(
-            tiny_run.paths, tiny_run.checkpoint, tiny_run.holdout_shard, train_shards=[0, tiny_run.holdout_shard]
-        )
+        holdout_set(tiny_run.paths, 5, "o200k")
+    eval_set = holdout_set(tiny_run.paths, tiny_run.holdout_shard, "o200k", n_images=None)
+    with pytest.raises(ValueError, match="must be positive"):
+        evaluate(eval_set, tiny_run.checkpoint, tmp_path, train_mean="", steering_rows=0)
 
 
 def make_rows(n: int, size: int = TILE) -> list[CollageRow]:
     rng = np.random.default_rng(0)
     return [
         CollageRow(
-            grey_rgb=np.repeat(rng.integers(0, 256, (size, size, 1), dtype=np.uint8), 3, axis=2),
-            generated_rgb=rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
-            original_rgb=rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+            images=(
+                np.repeat(rng.integers(0, 256, (size, size, 1), dtype=np.uint8), 3, axis=2),
+                rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+                rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+            ),
             caption=f"photo {i}: " + ", ".join(["sunset", "beach", "sea", "clouds"] * 10),
         )
         for i in range(n)
@@ -274,6 +397,6 @@ def test_long_captions_are_truncated_with_an_ellipsis() -> None:
 def test_collage_refuses_bad_input(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least one row"):
         render_collage([], tmp_path / "none.png")
-    with pytest.raises(ValueError, match="3 columns"):
+    with pytest.raises(ValueError, match="one image per column"):
         render_collage(make_rows(1), tmp_path / "two.png", tile=TILE, columns=("a", "b"))
     assert not list(tmp_path.iterdir())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from model.metrics import ImageMetrics, ab_error, image_metrics, psnr, ssim
+from model.metrics import NO_HUE_ERROR, ImageMetrics, ab_error, dominant_ab, hue_error, image_metrics, psnr, ssim
 from pipeline.core.color import colorfulness, lab_u8_to_rgb, rgb_to_lab_u8
 
 
@@ -41,7 +41,7 @@ def test_psnr_of_a_known_mse() -> None:
 def test_summary_averages_finite_psnr_only() -> None:
     values = np.array([20.0, np.inf, 30.0])
     zeros = np.zeros(3)
-    summary = ImageMetrics(values, zeros + 1, zeros, zeros, zeros).summary()
+    summary = ImageMetrics(values, zeros + 1, zeros, zeros, zeros, zeros).summary()
     assert summary["psnr"] == 25.0
     assert summary["psnr_identical"] == 1
     assert summary["n_images"] == 3
@@ -125,3 +125,38 @@ def test_grey_prediction_has_no_colourfulness_and_the_known_gap() -> None:
 def test_mismatched_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="one shape"):
         psnr(random_rgb(7), random_rgb(7)[:, :-1])
+
+
+def test_delta_cf_of_a_hand_computed_case() -> None:
+    # (200, 100, 50) everywhere: rg = 100, yb = 150 − 50 = 100, no spread: CF = 0.3·√(100² + 100²) = 42.43.
+    # Half of it, half grey (100, 100, 100): σ_rg = σ_yb = 50 and μ_rg = μ_yb = 50: CF = √5000 + 0.3·√5000.
+    uniform = np.broadcast_to(np.array([200, 100, 50], dtype=np.uint8), (1, 8, 8, 3)).copy()
+    half = np.full((1, 8, 8, 3), 100, dtype=np.uint8)
+    half[:, :, :4] = (200, 100, 50)
+    grey = np.full((2, 8, 8, 3), 100, dtype=np.uint8)
+    generated = np.concatenate([uniform, half])
+    assert colorfulness(uniform[0]) == pytest.approx(0.3 * math.sqrt(2) * 100, rel=1e-6)
+    assert colorfulness(half[0]) == pytest.approx(1.3 * math.sqrt(5000), rel=1e-6)
+    zeros = np.zeros(2)
+    cf_generated = np.asarray(colorfulness(generated), dtype=np.float64)
+    summary = ImageMetrics(zeros, zeros, zeros, zeros, cf_generated, np.asarray(colorfulness(grey))).summary()
+    expected = (0.3 * math.sqrt(2) * 100 + 1.3 * math.sqrt(5000)) / 2  # the set's mean CF minus grey's 0
+    assert summary["colorfulness_gap"] == pytest.approx(expected, rel=1e-6)
+    assert summary["delta_cf"] == pytest.approx(expected, rel=1e-6)
+    dull = ImageMetrics(zeros, zeros, zeros, zeros, np.asarray(colorfulness(grey)), cf_generated).summary()
+    assert dull["colorfulness_gap"] == pytest.approx(-expected, rel=1e-6) and dull["delta_cf"] == summary["delta_cf"]
+
+
+def test_hue_error_compares_the_dominant_colours() -> None:
+    def ab_image(a: float, b: float, coverage: float = 1.0) -> np.ndarray:
+        image = np.full((1, 10, 10, 2), 128, dtype=np.uint8)
+        image[:, : int(10 * coverage)] = (128 + a, 128 + b)
+        return image
+
+    red, yellow, blue = ab_image(40, 0), ab_image(0, 40), ab_image(-40, 0)
+    assert hue_error(yellow, red)[0] == pytest.approx(90.0)
+    assert hue_error(blue, red)[0] == pytest.approx(180.0)
+    assert hue_error(ab_image(40, 0, coverage=0.3), red)[0] == pytest.approx(0.0)  # a grey ground does not count
+    assert hue_error(np.full_like(red, 128), red)[0] == NO_HUE_ERROR  # no colour predicted at all
+    assert np.isnan(hue_error(red, np.full_like(red, 128))[0])  # nothing to compare against
+    np.testing.assert_allclose(dominant_ab(ab_image(30, -20, coverage=0.5)), [[30.0, -20.0]])

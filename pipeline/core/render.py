@@ -1,4 +1,4 @@
-"""Result collages: one row per photo (grey input | generated | original), its tags underneath.
+"""Result collages: one row per photo (grey input | generated | original, or any columns), its tags underneath.
 
 The layout is computed from integers alone (tile size and row count), never from font metrics, so a
 collage's pixel size is known in advance and the same on every machine.
@@ -28,16 +28,10 @@ CAPTION_FONT = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.
 
 @dataclass(frozen=True)
 class CollageRow:
-    """One photo of a collage: three uint8 RGB ``(H, W, 3)`` images and its caption (the tags)."""
+    """One photo of a collage: a uint8 RGB ``(H, W, 3)`` image per column and its caption (the tags)."""
 
-    grey_rgb: np.ndarray
-    generated_rgb: np.ndarray
-    original_rgb: np.ndarray
+    images: tuple[np.ndarray, ...]
     caption: str
-
-    @property
-    def images(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.grey_rgb, self.generated_rgb, self.original_rgb
 
 
 @dataclass(frozen=True)
@@ -132,8 +126,8 @@ def render_collage(
     """
     if not rows:
         raise ValueError("a collage needs at least one row")
-    if len(columns) != len(COLUMNS):
-        raise ValueError(f"a collage has {len(COLUMNS)} columns, got titles {columns}")
+    if any(len(row.images) != len(columns) for row in rows):
+        raise ValueError(f"every row needs one image per column title {columns}")
     layout = CollageLayout(tile=tile, n_rows=len(rows), n_columns=len(columns))
     font = ImageFont.truetype(CAPTION_FONT, size=layout.font_size)
     canvas = Image.new("RGB", (layout.width, layout.height), BACKGROUND)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
+import pandas as pd
 
 from pipeline.core.config import ConfigError, typed_value
 from pipeline.core.layout import DatasetPaths, Sharding
@@ -103,12 +104,14 @@ class DatasetSpec(Sharding):
     """One dataset: its name, size and sharding; a kind's subclass adds its own fields and its sources.
 
     ``train_config`` names the dataset's default training preset (``assets_config/train/<name>.yaml``);
-    empty means ``TrainConfig``'s defaults.
+    empty means ``TrainConfig``'s defaults. ``steering_tags`` are the alternative tag sets of the
+    evaluation's steering collage, each comma-separated (``"sunset, beach"``); empty: the evaluation's own.
     """
 
     name: str
     image_size: int = 224
     train_config: str = ""
+    steering_tags: list[str] = dataclasses.field(default_factory=list)
 
     kind: ClassVar[str]
     tags_in_image_archives: ClassVar[bool] = False
@@ -139,6 +142,13 @@ class DatasetSpec(Sharding):
         return mapping
 
     # --- the kind's sources ------------------------------------------------------------------------------
+
+    def photo_names(self, paths: DatasetPaths) -> pd.DataFrame:
+        """``image_id`` and ``name`` (relative path) of each original photo file still as first seen, so a
+        whole dataset can be scored from its files under an evaluation protocol; only kinds that keep files."""
+        raise ConfigError(
+            f"dataset {self.name!r} (kind {self.kind}) keeps no photo files to score whole: score its held-out shard"
+        )
 
     @property
     def default_url(self) -> str | None:

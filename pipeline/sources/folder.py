@@ -249,6 +249,11 @@ class Spec(DatasetSpec):
         figures["duration_s"] = time.perf_counter() - started
         return SourceResult(path=self.root / (TAGS_CSV if tags.from_csv else ""), figures=figures)
 
+    def photo_names(self, paths: DatasetPaths) -> pd.DataFrame:
+        manifest = read_manifest(paths)
+        kept = manifest[manifest["status"] == OK]
+        return pd.DataFrame({"image_id": kept["image_id"].to_numpy(), "name": kept["path"].to_numpy()})
+
     def open_photos(self, paths: DatasetPaths) -> FolderPhotos:
         return FolderPhotos(self.root, read_manifest(paths), Split.read(paths))
 
