@@ -9,10 +9,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.colorize import SUFFIX, colorize_image, main, parse_tags, rgb_keeping_lightness
+from model.colorize import (
+    GRID_NAME,
+    GRID_TILE,
+    SUFFIX,
+    center_square,
+    colorize_image,
+    main,
+    parse_tags,
+    rgb_keeping_lightness,
+    tag_ids,
+)
 from model.inference import Colorizer
 from pipeline.core.color import rgb_to_lab_u8
 from pipeline.core.contract import PAD_ID, TOKENS_PER_IMAGE
+from pipeline.core.render import CollageLayout
 from pipeline.core.vocabulary import encode_tags, load_tag_encoding, tag_text
 
 pytest_plugins = ["tests.helpers_model"]
@@ -93,6 +104,31 @@ def test_cli_colours_photos_at_their_size_and_upright(tmp_path: Path, tiny_check
     assert sorted(p.name for p in out.iterdir()) == [f"odd{SUFFIX}", f"turned{SUFFIX}"]
     assert main([str(photos / "odd.png"), "--checkpoint", str(tiny_checkpoint)]) == 0
     assert (photos / f"odd{SUFFIX}").is_file()
+
+
+def test_cli_colours_under_several_tag_sets_and_writes_a_grid(
+    tmp_path: Path, tiny_checkpoint: Path, cli_env: None
+) -> None:
+    photos = [tmp_path / "wide.png", tmp_path / "tall.png"]
+    Image.fromarray(odd_photo()).save(photos[0])
+    Image.fromarray(odd_photo().transpose(1, 0, 2).copy()).save(photos[1])
+    out = tmp_path / "out"
+    tag_sets = ["red, circle", "blue", ""]
+    argv = [*map(str, photos), "--checkpoint", str(tiny_checkpoint), "--out", str(out)]
+    assert main([*argv, *(arg for tags in tag_sets for arg in ("--tags", tags))]) == 0
+    singles = [f"{photo.stem}_color_{k}.png" for photo in photos for k in (1, 2, 3)]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*singles, GRID_NAME])
+    colorizer = Colorizer.from_checkpoint(tiny_checkpoint)
+    rgb = np.asarray(Image.open(photos[0]).convert("RGB"))
+    expected = colorize_image(rgb, colorizer, tag_ids(["blue"], colorizer.index))
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "wide_color_2.png")), expected)
+    layout = CollageLayout(tile=GRID_TILE, n_rows=len(photos), n_columns=1 + len(tag_sets))
+    with Image.open(out / GRID_NAME) as grid:
+        assert grid.size == (layout.width, layout.height)
+        pixels = np.asarray(grid.convert("RGB"))
+    x, y = layout.tile_origin(0, 2)  # the first photo under the second set, its centre square
+    tile = Image.fromarray(center_square(expected)).resize((GRID_TILE, GRID_TILE), Image.Resampling.LANCZOS)
+    np.testing.assert_array_equal(pixels[y : y + GRID_TILE, x : x + GRID_TILE], np.asarray(tile))
 
 
 def test_cli_reports_bad_files_and_goes_on(
