@@ -40,7 +40,7 @@ from model.colorize import parse_tags, tag_ids
 from model.data import checkpoint_ids, tokens_file
 from model.fid import GaussianMoments, MetricUnavailable, frechet_distance, inception_features, lpips_distance
 from model.inference import Colorizer
-from model.metrics import ImageMetrics, image_metrics
+from model.metrics import ImageMetrics, Reference, image_metrics
 from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb, rgb_to_lab_u8
 from pipeline.core.files import atomic_write_text
 from pipeline.core.layout import DataError, DatasetPaths, read_layout
@@ -280,9 +280,16 @@ def photo_set(
     ordered = names.assign(_base=basename).sort_values(["_base", "name"], kind="stable", ignore_index=True)
     ordered = ordered.head(protocol.first_n) if protocol.first_n is not None else ordered
     ids = ordered["image_id"].to_numpy()
+    files = ordered["name"].astype(str).tolist()
+
+    def read_one(position: int) -> np.ndarray:
+        try:
+            return square_lab(read_photo(int(ids[position])), protocol)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise DataError(f"{files[position]}: cannot be scored ({error}); scan the folder again") from error
 
     def read(positions: np.ndarray) -> np.ndarray:
-        return np.stack([square_lab(read_photo(int(ids[p])), protocol) for p in np.atleast_1d(positions)])
+        return np.stack([read_one(int(p)) for p in np.atleast_1d(positions)])
 
     return EvaluationSet(
         paths=paths,
@@ -361,11 +368,14 @@ class LearnedMetrics:
                 self.status[metric] = "ok"
             except MetricUnavailable as error:
                 self.status[metric] = f"unavailable: {error}"
+        self.active = self.features is not None or self.lpips is not None
         self.moments: dict[str, GaussianMoments] = {}
         self.lpips_values: dict[str, list[np.ndarray]] = {name: [] for name in names}
 
     def add(self, name: str, rgb: np.ndarray, original_rgb: np.ndarray | None = None) -> None:
         """One batch of generated uint8 RGB ``(B, H, W, 3)`` of set ``name`` (``original`` for the originals)."""
+        if not self.active:
+            return
         tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2)
         if self.features is not None:
             features = self.features(tensor).numpy()
@@ -459,16 +469,17 @@ def evaluate(
     parts: dict[str, list[ImageMetrics]] = {name: [] for name in names}
     for start in range(0, len(eval_set), batch_size):
         positions = np.arange(start, min(start + batch_size, len(eval_set)))
-        original = eval_set.read(positions)
-        original_rgb = lab_u8_to_rgb(original)
-        learned.add("original", original_rgb)
+        reference = Reference.of(eval_set.read(positions))
+        original = reference.lab
+        learned.add("original", reference.rgb)
         for name in names:
             if name in condition_tokens:
                 generated = with_ab(original, colorizer.predict_ab(original[..., 0], condition_tokens[name][positions]))
             else:
                 generated = with_ab(original, baselines[name])
-            parts[name].append(image_metrics(generated, original))
-            learned.add(name, lab_u8_to_rgb(generated), original_rgb)
+            parts[name].append(image_metrics(generated, reference))
+            if learned.active:
+                learned.add(name, lab_u8_to_rgb(generated), reference.rgb)
     per_image = {name: ImageMetrics.concat(items) for name, items in parts.items()}
     summaries = {name: per_image[name].summary() | learned.summary(name) for name in names}
 
@@ -525,17 +536,24 @@ def run_checkpoint(run_dir: Path) -> Path:
 
 
 def evaluate_run(
-    paths: DatasetPaths, run_dir: Path, *, n_images: int | None = 256, seed: int = 0, **options: Any
+    paths: DatasetPaths,
+    run_dir: Path,
+    *,
+    n_images: int | None = 256,
+    seed: int = 0,
+    out_dir: Path | None = None,
+    **options: Any,
 ) -> EvaluationResult:
     """Score the run in ``run_dir`` (its ``latest.pt``) on a held-out shard of ``paths``: the run's own when
-    it was trained on this dataset, else the dataset's recorded one; ``options`` go to :func:`evaluate`."""
+    it was trained on this dataset, else the dataset's recorded one. Results go to ``out_dir`` (default the
+    dataset's ``evaluation/``); ``options`` go to :func:`evaluate`."""
     checkpoint = run_checkpoint(run_dir)
     saved = _run_config(run_dir)
     own = Path(str(saved.get("data_root", ""))).resolve() == paths.root.resolve()
     holdout = trained_split(run_dir)[0] if own else dataset_holdout(paths)
     eval_set = holdout_set(paths, holdout, run_tokenizer(run_dir), n_images, seed)
     train_mean = run_train_mean(run_dir, seed)
-    return evaluate(eval_set, checkpoint, paths.evaluation, train_mean=train_mean, seed=seed, **options)
+    return evaluate(eval_set, checkpoint, out_dir or paths.evaluation, train_mean=train_mean, seed=seed, **options)
 
 
 def run_tokenizer(run_dir: Path) -> str:

@@ -23,8 +23,6 @@ SSIM_RADIUS = 5
 """``int(3.5·σ + 0.5)``: the Gaussian window of Wang et al. (11×11), as scikit-image truncates it."""
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
-_MAX_CHANNELS = 512
-"""OpenCV filters at most this many channels in one call."""
 
 
 def _check_pair(generated: np.ndarray, original: np.ndarray) -> None:
@@ -41,43 +39,55 @@ def psnr(generated: np.ndarray, original: np.ndarray) -> np.ndarray:
         return 10.0 * np.log10(MAX_VALUE**2 / mse)
 
 
-def _gaussian(x: np.ndarray) -> np.ndarray:
-    """Gaussian blur (σ 1.5, 11×11, mirrored border) of every image and channel of ``(B, H, W, C)``.
-
-    The batch is folded into the channel axis so OpenCV filters many images per call.
-    """
-    batch, height, width, channels = x.shape
-    per_call = max(1, _MAX_CHANNELS // channels)
-    parts = []
-    for start in range(0, batch, per_call):
-        chunk = x[start : start + per_call]
-        folded = np.ascontiguousarray(chunk.transpose(1, 2, 0, 3).reshape(height, width, -1))
-        size = 2 * SSIM_RADIUS + 1
-        blurred = cv2.GaussianBlur(folded, (size, size), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT)
-        parts.append(blurred.reshape(height, width, len(chunk), channels).transpose(2, 0, 1, 3))
-    return np.concatenate(parts)
+def _gaussian(image: np.ndarray) -> np.ndarray:
+    """Gaussian blur (σ 1.5, 11×11, mirrored border) of every channel of one float image ``(H, W, C)``."""
+    size = 2 * SSIM_RADIUS + 1
+    return cv2.GaussianBlur(np.ascontiguousarray(image), (size, size), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT)
 
 
-def ssim(generated: np.ndarray, original: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class SsimReference:
+    """The windowed means and variances of the original photos, computed once for every set compared to them."""
+
+    pixels: np.ndarray
+    mean: np.ndarray
+    variance: np.ndarray
+
+    @classmethod
+    def of(cls, original: np.ndarray) -> SsimReference:
+        if min(original.shape[1:3]) < 2 * SSIM_RADIUS + 1:
+            raise ValueError(f"SSIM needs images of at least {2 * SSIM_RADIUS + 1} pixels a side, got {original.shape}")
+        y = original.astype(np.float64)
+        mean, variance = np.empty_like(y), np.empty_like(y)
+        for image, image_mean, image_variance in zip(y, mean, variance, strict=True):
+            image_mean[:] = _gaussian(image)
+            image_variance[:] = _gaussian(image * image) - image_mean * image_mean
+        return cls(pixels=y, mean=mean, variance=variance)
+
+
+def ssim(generated: np.ndarray, original: np.ndarray | SsimReference) -> np.ndarray:
     """Per-image SSIM of uint8 RGB batches: Gaussian-window SSIM (Wang et al. 2004) per channel, averaged.
 
     Population (not sample) covariances and the mean over the map without its 5-pixel border, as
     ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``.
+    ``original`` may be given as its :class:`SsimReference`, so several sets share its statistics. One image
+    at a time: its temporaries stay small, where whole-batch ones cost more in page faults than in arithmetic.
     """
-    _check_pair(generated, original)
-    if min(generated.shape[1:3]) < 2 * SSIM_RADIUS + 1:
-        raise ValueError(f"SSIM needs images of at least {2 * SSIM_RADIUS + 1} pixels a side, got {generated.shape}")
-    x = generated.astype(np.float64)
-    y = original.astype(np.float64)
-    mu_x, mu_y = _gaussian(x), _gaussian(y)
-    var_x = _gaussian(x * x) - mu_x * mu_x
-    var_y = _gaussian(y * y) - mu_y * mu_y
-    cov = _gaussian(x * y) - mu_x * mu_y
+    reference = original if isinstance(original, SsimReference) else SsimReference.of(original)
+    _check_pair(generated, reference.pixels)
     c1 = (SSIM_K1 * MAX_VALUE) ** 2
     c2 = (SSIM_K2 * MAX_VALUE) ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
-    inner = ssim_map[:, SSIM_RADIUS:-SSIM_RADIUS, SSIM_RADIUS:-SSIM_RADIUS]
-    return inner.mean(axis=(1, 2, 3))
+    inner = (slice(SSIM_RADIUS, -SSIM_RADIUS), slice(SSIM_RADIUS, -SSIM_RADIUS))
+    out = np.empty(len(generated))
+    for i, image in enumerate(generated):
+        x, y = image.astype(np.float64), reference.pixels[i]
+        mu_x, mu_y = _gaussian(x), reference.mean[i]
+        var_x = _gaussian(x * x) - mu_x * mu_x
+        cov = _gaussian(x * y) - mu_x * mu_y
+        numerator = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+        ssim_map = numerator / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + reference.variance[i] + c2))
+        out[i] = ssim_map[inner].mean()
+    return out
 
 
 def ab_error(generated_ab: np.ndarray, original_ab: np.ndarray) -> np.ndarray:
@@ -104,10 +114,10 @@ def dominant_ab(ab_u8: np.ndarray) -> np.ndarray:
 
     Weighting by chroma lets the coloured parts decide: a red ball on a grey ground is red, not pinkish grey.
     """
-    ab = ab_u8.astype(np.float64) - 128.0
+    ab = ab_u8.astype(np.float32) - 128.0
     weight = np.hypot(ab[..., 0], ab[..., 1])
-    total = weight.sum(axis=(1, 2))
-    weighted = (ab * weight[..., None]).sum(axis=(1, 2))
+    total = weight.sum(axis=(1, 2), dtype=np.float64)
+    weighted = (ab * weight[..., None]).sum(axis=(1, 2), dtype=np.float64)
     return np.divide(weighted, total[:, None], out=np.zeros_like(weighted), where=total[:, None] > 0)
 
 
@@ -172,16 +182,36 @@ class ImageMetrics:
         }
 
 
-def image_metrics(generated_lab: np.ndarray, original_lab: np.ndarray) -> ImageMetrics:
-    """All metrics of uint8 Lab batches ``(B, H, W, 3)`` in the contract's encoding; RGB ones via sRGB."""
-    _check_pair(generated_lab, original_lab)
+@dataclass(frozen=True)
+class Reference:
+    """What every set compared with one batch of originals shares: their Lab, RGB, SSIM statistics,
+    colourfulness and dominant colour, computed once."""
+
+    lab: np.ndarray
+    rgb: np.ndarray
+    ssim: SsimReference
+    colorfulness: np.ndarray
+
+    @classmethod
+    def of(cls, original_lab: np.ndarray) -> Reference:
+        rgb = lab_u8_to_rgb(original_lab)
+        cf = np.asarray(colorfulness(rgb), dtype=np.float64).reshape(-1)
+        return cls(lab=original_lab, rgb=rgb, ssim=SsimReference.of(rgb), colorfulness=cf)
+
+
+def image_metrics(generated_lab: np.ndarray, original: np.ndarray | Reference) -> ImageMetrics:
+    """All metrics of uint8 Lab batches ``(B, H, W, 3)`` in the contract's encoding; RGB ones via sRGB.
+
+    ``original`` is the originals' Lab or their :class:`Reference` (to score several sets against one batch).
+    """
+    reference = original if isinstance(original, Reference) else Reference.of(original)
+    _check_pair(generated_lab, reference.lab)
     generated_rgb = lab_u8_to_rgb(generated_lab)
-    original_rgb = lab_u8_to_rgb(original_lab)
     return ImageMetrics(
-        psnr=psnr(generated_rgb, original_rgb),
-        ssim=ssim(generated_rgb, original_rgb),
-        ab_error=ab_error(generated_lab[..., 1:], original_lab[..., 1:]),
-        hue_error=hue_error(generated_lab[..., 1:], original_lab[..., 1:]),
+        psnr=psnr(generated_rgb, reference.rgb),
+        ssim=ssim(generated_rgb, reference.ssim),
+        ab_error=ab_error(generated_lab[..., 1:], reference.lab[..., 1:]),
+        hue_error=hue_error(generated_lab[..., 1:], reference.lab[..., 1:]),
         colorfulness_generated=np.asarray(colorfulness(generated_rgb), dtype=np.float64).reshape(-1),
-        colorfulness_original=np.asarray(colorfulness(original_rgb), dtype=np.float64).reshape(-1),
+        colorfulness_original=reference.colorfulness,
     )

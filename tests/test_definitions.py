@@ -137,16 +137,23 @@ def test_storage_reads_the_environment(tmp_path) -> None:
 
 
 def materialize(
-    key: str, env: dict[str, str], partition: str | None = None, instance: dg.DagsterInstance | None = None
+    key: str,
+    env: dict[str, str],
+    partition: str | None = None,
+    instance: dg.DagsterInstance | None = None,
+    config: dict | None = None,
 ) -> dict:
-    """Materialize one asset in process with the storage built from ``env``; return its metadata values."""
+    """Materialize one asset in process with the storage built from ``env`` (and ``config`` as the asset's
+    run config); return its metadata values."""
     asset_key = dg.AssetKey.from_user_string(key)
     (asset,) = [a for a in build_dataset_assets(load_dataset_spec(asset_key.path[0])) if asset_key in a.keys]
+    run_config = {"ops": {asset.op.name: {"config": config}}} if config is not None else None
     result = dg.materialize(
         [asset],
         partition_key=partition,
         resources={"storage": storage_from_environ(env)},
         instance=instance,
+        run_config=run_config,
     )
     (event,) = result.get_asset_materialization_events()
     return {name: value.value for name, value in event.materialization.metadata.items()}
@@ -185,6 +192,12 @@ def test_evaluation_scores_the_run_the_colorizer_last_trained(tmp_path) -> None:
     instance.report_runless_asset_event(escape)
     with pytest.raises(dg.Failure, match="outside the data root"):
         materialize("sample/evaluation", env, instance=instance)
+    other = tmp_path / "mirflickr25k" / "runs" / "theirs"
+    with pytest.raises(dg.Failure, match=f"run 'mirflickr25k/theirs': no run directory {other}"):
+        materialize("sample/evaluation", env, config={"run": "mirflickr25k/theirs"})
+    (tmp_path.parent / "runs" / "x").mkdir(parents=True, exist_ok=True)
+    with pytest.raises(dg.Failure, match="outside the data root"):
+        materialize("sample/evaluation", env, config={"run": "../x"})
 
 
 def test_mirflickr25k_tags_need_the_archive_and_its_tag_files(tmp_path) -> None:

@@ -23,6 +23,7 @@ import yaml
 from dagster_pipes import encode_param
 
 import model.checkpoint as checkpoint_module
+import model.losses as losses
 import model.train as train_module
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.colorize import tag_ids
@@ -314,14 +315,19 @@ class Killed(RuntimeError):
     """Stands in for a process killed between two checkpoints."""
 
 
-def test_kill_and_resume_is_bit_identical(dataset: Path, tmp_path: Path) -> None:
-    full = train(tiny_config(dataset, tmp_path, run_name="full", max_steps=5))
+@pytest.mark.parametrize(
+    "schedule",
+    [{}, {"l1_warmup_steps": 2, "gp_every": 2}],
+    ids=["every-update-penalised", "l1-warm-up-then-lazy-penalty"],
+)
+def test_kill_and_resume_is_bit_identical(dataset: Path, tmp_path: Path, schedule: dict[str, int]) -> None:
+    full = train(tiny_config(dataset, tmp_path, run_name="full", max_steps=5, **schedule))
 
     def kill_at_step_3(row: dict[str, Any]) -> None:
         if row["step"] == 3:
             raise Killed
 
-    killed = tiny_config(dataset, tmp_path, run_name="killed", max_steps=5)
+    killed = tiny_config(dataset, tmp_path, run_name="killed", max_steps=5, **schedule)
     with pytest.raises(Killed):
         train(killed, report=kill_at_step_3)
     assert load_checkpoint(tmp_path / "killed" / "latest.pt")["step"] == 2
@@ -344,6 +350,43 @@ def test_kill_and_resume_is_bit_identical(dataset: Path, tmp_path: Path) -> None
     pd.testing.assert_frame_equal(full_metrics, resumed_metrics)
     assert full_metrics["step"].tolist() == [1, 2, 3, 4, 5]
     assert yaml.safe_load((resumed.run_dir / "config.yaml").read_text())["resume"] is True
+
+
+def test_warm_up_trains_the_generator_alone_and_the_penalty_is_lazy(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    penalties = []
+    penalty = losses.gradient_penalty
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        value = penalty(*args, **kwargs)
+        penalties.append(float(value.detach()))
+        return value
+
+    monkeypatch.setattr(losses, "gradient_penalty", counted)
+    warm = train(tiny_config(dataset, tmp_path, run_name="warm", max_steps=2, l1_warmup_steps=2))
+    assert penalties == []
+    payload = load_checkpoint(warm.checkpoint)
+    assert payload["opt_d"]["state"] == {}  # the critic was never updated
+    fresh = load_checkpoint(
+        train(tiny_config(dataset, tmp_path, run_name="fresh", max_steps=1, l1_warmup_steps=1)).checkpoint
+    )
+    for name, tensor in fresh["critic"].items():
+        assert torch.equal(tensor, payload["critic"][name]), name
+    rows = pd.read_parquet(warm.run_dir / "metrics.parquet")
+    assert rows["l1"].notna().all() and "critic_loss" not in rows
+    # Steps 2 and 3 are adversarial with two critic updates each: updates 0 … 3, penalised every third.
+    lazy = tiny_config(dataset, tmp_path, run_name="lazy", max_steps=3, l1_warmup_steps=1, n_critic=2, gp_every=3)
+    rows = pd.read_parquet(train(lazy).run_dir / "metrics.parquet")
+    assert len(penalties) == 2  # updates 0 and 3
+    assert rows["gp"].iloc[1:].tolist() == pytest.approx([penalties[0], penalties[1]])
+
+
+def test_a_time_budget_stops_training_and_keeps_a_checkpoint(dataset: Path, tmp_path: Path) -> None:
+    result = train(tiny_config(dataset, tmp_path, run_name="short", max_steps=50, max_seconds=1e-6))
+    assert result.step == 1 and load_checkpoint(result.checkpoint)["step"] == 1
+    with pytest.raises(TrainConfigError, match=r"^max_seconds"):
+        train(tiny_config(dataset, tmp_path, run_name="never", max_seconds=0))
 
 
 def test_resume_refuses_other_data_and_init_from_starts_a_new_run(dataset: Path, tmp_path: Path) -> None:
