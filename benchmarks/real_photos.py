@@ -7,9 +7,13 @@ Cuts ``--crops`` random crops (30–80 % of the short side) out of each colour p
 naming what the photo shows, and writes ``OUT_DIR/datasets/real-photos.yaml`` (kind ``folder``). Shards hold
 two photos' crops each, so the held-out shard (the last) holds only crops of photos never trained on. Then:
 
-    export TAGCOLOR_DATASETS_DIR=OUT_DIR/datasets TAGCOLOR_DATA_DIR=OUT_DIR/data
-    for a in archives tags_archive lab_shards tag_tokens; do .venv/bin/dg launch --assets "real-photos/$a"; done
-    .venv/bin/python benchmarks/quality.py --data-root OUT_DIR/data/real-photos --config folder_recipe.yaml …
+    export TAGCOLOR_DATASETS_DIR=OUT_DIR/datasets TAGCOLOR_DATA_DIR=OUT_DIR/data DAGSTER_HOME=OUT_DIR/dagster
+    .venv/bin/dg launch --assets real-photos/archives --partition folder
+    .venv/bin/dg launch --assets real-photos/tags_archive
+    .venv/bin/dg launch --assets real-photos/lab_shards --partition-range 000...003
+    .venv/bin/dg launch --assets real-photos/tag_tokens
+    .venv/bin/python benchmarks/quality.py --data-root OUT_DIR/data/real-photos --config sample_demo \\
+        --compare old_recipe.yaml --budget-s 300
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ PHOTOS = {
     "coffee": ("coffee", "cup", "table", "food"),
     "hubble_deep_field": ("galaxy", "space", "stars", "night"),
     "immunohistochemistry": ("microscope", "tissue", "science", "pink"),
-    "motorcycle_left": ("motorcycle", "bike", "studio", "red"),
+    "stereo_motorcycle": ("motorcycle", "bike", "studio", "red"),
     "retina": ("retina", "eye", "medical", "red"),
     "rocket": ("rocket", "launch", "sky", "sunset"),
 }
@@ -54,7 +58,8 @@ def main() -> None:
     folder = args.out / "photos"
     folder.mkdir(parents=True, exist_ok=True)
     for index, (name, tags) in enumerate(PHOTOS.items()):
-        rgb = np.asarray(getattr(data, name)())[..., :3]
+        loaded = getattr(data, name)()
+        rgb = np.asarray(loaded[0] if isinstance(loaded, tuple) else loaded)[..., :3]  # the stereo pair's left
         for k, crop in enumerate(crops(rgb, args.crops, rng)):
             stem = f"{index:02d}_{name}_{k:03d}"
             Image.fromarray(np.ascontiguousarray(crop)).save(folder / f"{stem}.png")

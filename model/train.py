@@ -3,7 +3,8 @@
 One process:        python -m model.train --config assets_config/train/sample_demo.yaml [key=value ...]
 Several GPUs (DDP): torchrun --standalone --nproc_per_node=8 -m model.train --config ... [key=value ...]
 
-Each step is ``n_critic`` critic updates, each on a fresh batch, then one generator update on the last batch.
+Each step is ``n_critic`` critic updates, each on a fresh batch, then one generator update on the last batch;
+the first ``l1_warmup_steps`` steps are one generator update on the L1 term alone.
 Rank 0 writes ``config.yaml``, ``metrics.parquet`` and checkpoints under ``runs/<run_name>/``. Launched by
 Dagster Pipes, progress and the final result go back to Dagster; standalone they are printed.
 """
