@@ -104,6 +104,19 @@ class EvaluationSet:
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    @classmethod
+    def of(
+        cls,
+        paths: DatasetPaths,
+        ids: np.ndarray,
+        tokenizer: str,
+        description: str,
+        read: LabReader,
+        protocol: dict[str, Any],
+    ) -> EvaluationSet:
+        """The set of photos ``ids`` of ``paths``, with their tag ids (in ``tokenizer``'s files) and captions."""
+        return cls(paths, description, ids, _raw_tokens(paths, ids, tokenizer), _captions(paths, ids), read, protocol)
+
 
 @dataclass(frozen=True)
 class EvaluationResult:
@@ -231,15 +244,13 @@ def holdout_set(
     selection = seeded_subset(colour_photos(images, [holdout_shard]), n_images, seed)
     if selection.empty:
         raise ValueError(f"held-out shard {holdout_shard} has no valid colour photos to evaluate on")
-    ids = selection["image_id"].to_numpy()
-    return EvaluationSet(
-        paths=paths,
-        description=f"held-out shard {holdout_shard:03d} of {paths.root.name}",
-        image_ids=ids,
-        raw_tokens=_raw_tokens(paths, ids, tokenizer),
-        captions=_captions(paths, ids),
-        read=lambda positions: read_rows(paths, selection.iloc[positions]),
-        protocol={"split": "holdout", "holdout_shard": holdout_shard, "n_images": n_images, "seed": seed},
+    return EvaluationSet.of(
+        paths,
+        selection["image_id"].to_numpy(),
+        tokenizer,
+        f"held-out shard {holdout_shard:03d} of {paths.root.name}",
+        lambda positions: read_rows(paths, selection.iloc[positions]),
+        {"split": "holdout", "holdout_shard": holdout_shard, "n_images": n_images, "seed": seed},
     )
 
 
@@ -291,14 +302,13 @@ def photo_set(
     def read(positions: np.ndarray) -> np.ndarray:
         return np.stack([read_one(int(p)) for p in np.atleast_1d(positions)])
 
-    return EvaluationSet(
-        paths=paths,
-        description=f"{len(ids)} photos of {paths.root.name} ({protocol.crop} {protocol.size}²)",
-        image_ids=ids,
-        raw_tokens=_raw_tokens(paths, ids, tokenizer),
-        captions=_captions(paths, ids),
-        read=read,
-        protocol={"split": "all", "crop": protocol.crop, "size": protocol.size, "first_n": protocol.first_n},
+    return EvaluationSet.of(
+        paths,
+        ids,
+        tokenizer,
+        f"{len(ids)} photos of {paths.root.name} ({protocol.crop} {protocol.size}²)",
+        read,
+        {"split": "all", "crop": protocol.crop, "size": protocol.size, "first_n": protocol.first_n},
     )
 
 
@@ -494,6 +504,7 @@ def evaluate(
         "checkpoint": str(checkpoint),
         "evaluated_on": eval_set.description,
         "protocol": eval_set.protocol,
+        **{key: eval_set.protocol[key] for key in ("holdout_shard",) if key in eval_set.protocol},
         "seed": seed,
         "n_images": len(eval_set),
         "headline": headline,
