@@ -1,4 +1,5 @@
-"""Test-wide settings: the repository root and the o200k_base vocabulary, obtained as the product obtains it."""
+"""Test-wide settings: the repository root, the o200k_base vocabulary (obtained as the product obtains it), and
+no downloads of pretrained weights."""
 
 from __future__ import annotations
 
@@ -13,6 +14,16 @@ from pipeline.core.vocabulary import O200K_CACHE_NAME, resolve_o200k_file
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFILLED_CACHES = (REPO_ROOT.parent / "shared" / "tiktoken",)
 """Caches that may already hold a copy (a CI machine's); used when present, never required."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_weight_downloads(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never download FID or LPIPS weights, nor use a user's cached ones: an empty torch cache, offline.
+
+    Set in ``os.environ`` itself, so the Dagster and training subprocesses the tests start inherit it.
+    """
+    os.environ["TAGCOLOR_OFFLINE"] = "1"
+    os.environ["TORCH_HOME"] = str(tmp_path_factory.mktemp("torch_home"))
 
 
 @pytest.fixture(scope="session")

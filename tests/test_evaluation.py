@@ -60,26 +60,19 @@ STEERING = ("red", "blue, circle")
 STEERING_ROWS = 3
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No downloads in tests, and an empty weights cache: FID and LPIPS are unavailable unless a test fakes them."""
-    monkeypatch.setenv("TAGCOLOR_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-
 @pytest.fixture(scope="module")
 def evaluation(tiny_run: TinyRun) -> EvaluationResult:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TAGCOLOR_OFFLINE", "1")
-        return evaluate_run(
-            tiny_run.paths,
-            tiny_run.checkpoint.parent,
-            n_images=None,
-            collage_rows=COLLAGE_ROWS,
-            steering=STEERING,
-            steering_rows=STEERING_ROWS,
-            batch_size=5,
-        )
+    """The tiny run scored on its held-out shard; offline with an empty weights cache (tests/conftest.py), so
+    FID and LPIPS are unavailable unless a test fakes them."""
+    return evaluate_run(
+        tiny_run.paths,
+        tiny_run.checkpoint.parent,
+        n_images=None,
+        collage_rows=COLLAGE_ROWS,
+        steering=STEERING,
+        steering_rows=STEERING_ROWS,
+        batch_size=5,
+    )
 
 
 def test_evaluation_scores_the_colour_photos_of_the_held_out_shard(
