@@ -131,21 +131,23 @@ class EvaluationResult:
 
     @property
     def metadata(self) -> dict[str, object]:
+        """The three collages inline (the UI's preview), the headline figures, then the files."""
         previews = "\n\n".join(
             preview_markdown(path, title)
             for path, title in (
                 (self.collage_path, "result collage"),
                 (self.steering_collage_path, "tag steering"),
+                (self.best_collage_path, "best photos"),
             )
         )
         where = f"{self.metrics['evaluated_on']}, run {Path(self.metrics['checkpoint']).parent.name}"
         return {
-            "collage": self.collage_path,
-            "best_collage": self.best_collage_path,
-            "steering_collage": self.steering_collage_path,
-            "metrics_json": self.metrics_path,
-            "preview": Markdown(f"{previews}\n\n{where}"),
+            "preview": Markdown(f"{where}\n\n{previews}"),
             **self.figures,
+            "collage": self.collage_path,
+            "steering_collage": self.steering_collage_path,
+            "best_collage": self.best_collage_path,
+            "metrics_json": self.metrics_path,
         }
 
 

@@ -194,7 +194,8 @@ def render_markdown(
             "token_frequencies",
             tables["token_frequencies"],
             "The most frequent tokens: `count` = occurrences among the kept tokens, `images` = images "
-            "holding the token at least once.",
+            "holding the token at least once. Tokens are sub-word pieces of the tags' text: `␠` is the space "
+            "that starts a word's piece, `\\xNN` one byte of a character split across tokens.",
             LIST_ROWS,
         ),
         f"![Token rank–frequency]({PLOTS_DIR}/token_rank_frequency.png)\n",

@@ -35,7 +35,7 @@ from pipeline.core.contract import (
 )
 from pipeline.core.files import atomic_path
 from pipeline.core.layout import DatasetPaths, Split, read_images_table
-from pipeline.core.render import Markdown
+from pipeline.core.render import inline_images
 from pipeline.report import write_report
 
 CHANNELS = ("L", "a", "b")
@@ -44,8 +44,6 @@ PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 TOP_TAGS = 1000
 """Rows kept in ``top_tags.parquet``; the long tail only matters through ``tag_summary``."""
 METADATA_ROWS = 20
-PREVIEW_CHARS = 20_000
-"""The UI shows the report's first characters; the whole report is a file."""
 
 _EXACT_PIXELS = 2**24
 """``cv2.calcHist`` counts in float32, exact up to 2²⁴: one call never sees more pixels than that."""
@@ -65,11 +63,13 @@ class DataStatsResult:
 
     @property
     def metadata(self) -> dict[str, object]:
-        """The report (a path and its text, for the UI's preview), every figure and the small tables."""
+        """The report (its file, and its text with the plots embedded, for the UI's preview), every figure, the
+        plots' files and the small tables."""
         return {
-            "report": self.report_path,
-            "preview": Markdown(self.report_path.read_text()[:PREVIEW_CHARS]),
+            "preview": inline_images(self.report_path.read_text(), self.report_path.parent),
             **self.figures,
+            "report": self.report_path,
+            **{f"plot/{name}": path for name, path in self.plot_paths.items()},
             **{f"table/{name}": frame for name, frame in self.tables.items()},
             "seconds": self.seconds,
             "gb_scanned": self.bytes_scanned / 1e9,

@@ -405,6 +405,17 @@ def test_plots_are_pngs(computed, dataset: DatasetPaths) -> None:
     assert leftovers == []
 
 
+def test_preview_embeds_every_plot_and_keeps_the_whole_report(computed) -> None:
+    metadata = computed.metadata
+    preview, report = metadata["preview"], computed.report_path.read_text()
+    assert report.count("](plots/") == len(computed.plot_paths) == preview.count("](data:image/jpeg;base64,")
+    assert "](plots/" not in preview
+    for heading in re.findall(r"^#+ .*$", report, flags=re.MULTILINE):
+        assert heading in preview  # nothing cut off
+    assert next(iter(metadata)) == "preview"
+    assert {metadata[f"plot/{name}"] for name in computed.plot_paths} == set(computed.plot_paths.values())
+
+
 def test_images_table_must_cover_exactly_the_shards(dataset: DatasetPaths) -> None:
     with pytest.raises(ValueError, match=r"lacks rows of shard\(s\) \[2\], has rows of unexpected shard\(s\) \[\]"):
         compute_data_stats(dataset, 3, decode)

@@ -30,6 +30,8 @@ from pipeline.core.vocabulary import (
     resolve_o200k_file,
     tag_text,
     tiktoken_cache_dir,
+    token_text,
+    visible,
 )
 from pipeline.sources import mirflickr1m, mirflickr25k
 from pipeline.sources.base import DatasetSpec
@@ -223,6 +225,17 @@ def test_special_token_text_is_plain(encoding: tiktoken.Encoding) -> None:
     assert n_tokens.min() > 1
     assert 199999 not in tokens[0] and PAD_ID not in tokens[:, : n_tokens.min()]
     assert encoding.decode(tokens[0, : n_tokens[0]].tolist()) == "<|endoftext|>"
+
+
+def test_token_text_shows_spaces_and_pieces_of_characters(encoding: tiktoken.Encoding) -> None:
+    text = token_text(encoding)
+    (space_word,) = encoding.encode_ordinary(" sunset")
+    assert text(space_word) == "␠sunset"
+    newline = encoding.encode_ordinary("\n")[0]
+    assert text(newline) == "\\n"
+    pieces = [text(token) for token in encoding.encode_ordinary("𠀋")]  # a rare character, cut into bytes
+    assert len(pieces) > 1 and all(piece.startswith("\\x") for piece in pieces)
+    assert visible("a\tb c") == "a\\tb␠c"
 
 
 def test_pad_only_trails(encoding: tiktoken.Encoding) -> None:

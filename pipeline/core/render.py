@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import bisect
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,16 @@ def preview_markdown(path: Path, title: str, width: int = 640) -> Markdown:
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=80)
     return Markdown(f"![{title}](data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()})")
+
+
+_IMAGE_LINK = re.compile(r"!\[(?P<title>[^\]]*)\]\((?P<path>[^)\s:]+\.png)\)")
+
+
+def inline_images(markdown: str, base: Path, width: int = 640) -> Markdown:
+    """``markdown`` with each image it links by a relative path (under ``base``) embedded by
+    :func:`preview_markdown`, so it renders where the files are not served, as in the Dagster UI; each image is
+    capped at ``width`` pixels, never the text."""
+    return Markdown(_IMAGE_LINK.sub(lambda link: preview_markdown(base / link["path"], link["title"], width), markdown))
 
 
 def fit_text(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> str:

@@ -252,9 +252,22 @@ def encode_tags(
     return tokens, n_tokens.astype(np.int32)
 
 
+VISIBLE_SPACE = "␠"
+
+
+def visible(text: str) -> str:
+    """``text`` with its whitespace made visible: a space as ``␠``, other whitespace and control characters as
+    ``repr``-style escapes (``\\n``), so a table cell never looks empty or breaks its line."""
+    return "".join(
+        VISIBLE_SPACE if char == " " else repr(char)[1:-1] if char.isspace() or not char.isprintable() else char
+        for char in text
+    )
+
+
 def token_text(encoding: tiktoken.Encoding) -> Callable[[int], str]:
-    """A token id's text; bytes that are not UTF-8 on their own (part of a character) show as escapes."""
-    return lambda token: encoding.decode_single_token_bytes(token).decode("utf-8", "backslashreplace")
+    """A token id's text as a person reads it in a table: whitespace visible (:func:`visible`), and bytes that
+    are not UTF-8 on their own (a piece of a character) as ``\\x..`` escapes."""
+    return lambda token: visible(encoding.decode_single_token_bytes(token).decode("utf-8", "backslashreplace"))
 
 
 _CJK = re.compile(

@@ -36,8 +36,22 @@ def _plain(value: object) -> str | int | float | bool | None:
     return str(value)
 
 
+SIGNIFICANT_DIGITS = 4
+"""Floats are shown to what they mean: ``tag_gain 3.158``, not ``3.1577540793579244``."""
+TIMING_PREFIX = "timing/"
+
+
+def is_timing(key: str) -> bool:
+    """Producers name their timings ``seconds``, ``…_s`` or ``…_per_s``; those are filed under ``timing/``."""
+    return key == "seconds" or key.endswith("_s")
+
+
+def rounded(value: float) -> float:
+    return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+
+
 def numbers(figures: dict[str, float | int]) -> dict[str, dg.MetadataValue]:
-    """Numeric figures as metadata the UI plots across materializations.
+    """Numeric figures as metadata the UI plots across materializations, floats to 4 significant digits.
 
     A non-finite value is left out: a text entry would change the key's type and break its plot.
     """
@@ -48,17 +62,21 @@ def numbers(figures: dict[str, float | int]) -> dict[str, dg.MetadataValue]:
         elif isinstance(value, int | np.integer):
             out[key] = dg.MetadataValue.int(int(value))
         elif math.isfinite(float(value)):
-            out[key] = dg.MetadataValue.float(float(value))
+            out[key] = dg.MetadataValue.float(rounded(float(value)))
     return out
 
 
 def to_metadata(values: Mapping[str, object]) -> dict[str, dg.MetadataValue]:
     """A plain result's figures as Dagster metadata: paths, Markdown, tables, numbers and text.
 
-    Numbers become plottable entries; a non-finite one is left out (see :func:`numbers`).
+    Numbers become plottable entries; a non-finite one is left out (see :func:`numbers`). The producer's order
+    is kept (headline figures first), except that timings go last, under ``timing/``, apart from the data's
+    figures.
     """
     out: dict[str, dg.MetadataValue] = {}
-    for key, value in values.items():
+    ordered = sorted(values.items(), key=lambda item: is_timing(item[0]))  # stable: timings move to the end
+    for key, value in ordered:
+        key = TIMING_PREFIX + key if is_timing(key) and not isinstance(value, str | Path) else key
         if isinstance(value, Path):
             out[key] = dg.MetadataValue.path(str(value))
         elif isinstance(value, Markdown):
