@@ -50,10 +50,12 @@ from model.config import (
     read_train_config,
     validate_train_config,
 )
+from model.curves import CURVES_NAME, plot_curves
 from model.data import BatchLoader, TokenIndex, TrainingSet, dataset_words, to_device, training_tokens
 from model.losses import LossWeights, critic_loss, generator_loss
 from pipeline.core.files import atomic_path, atomic_write_text
 from pipeline.core.layout import DataError, read_layout
+from pipeline.core.render import preview_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -398,6 +400,17 @@ def summary(result: TrainResult) -> dict[str, Any]:
     }
 
 
+def pipes_metadata(result: TrainResult) -> dict[str, Any]:
+    """:func:`summary` for Dagster: the curves inline and as a file, ``metrics.parquet`` and the run as paths."""
+    curves = plot_curves(pd.read_parquet(result.run_dir / METRICS), result.run_dir / CURVES_NAME)
+    return {
+        "preview": {"raw_value": preview_markdown(curves, "training curves"), "type": "md"},
+        **summary(result),
+        "curves": {"raw_value": str(curves), "type": "path"},
+        "metrics_parquet": {"raw_value": str(result.run_dir / METRICS), "type": "path"},
+    }
+
+
 def torchrun_command(gpus: int, argv: Sequence[str]) -> list[str]:
     """This entry point under torchrun on one machine, ``gpus`` processes (``--standalone`` rendezvous)."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}"]
@@ -422,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             config = load_train_config(args.config, args.overrides)
             pipes.log.info(f"training {config.run_name} on {config.data_root}, shards {config.shards}")
             result = train(config, report=lambda row: pipes.log.info(format_row(row)))
-            pipes.report_asset_materialization(metadata=summary(result))
+            pipes.report_asset_materialization(metadata=pipes_metadata(result))
         return
     try:
         result = train(

@@ -16,7 +16,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from pipeline.core.contract import TOKENS_PER_IMAGE
-from pipeline.core.files import atomic_path, atomic_write_text
+from pipeline.core.files import atomic_write_text
+from pipeline.core.render import save_figure
 
 REPORT_NAME = "data_stats.md"
 PLOTS_DIR = "plots"
@@ -74,12 +75,6 @@ def _section(
     return f"{explanation}\n\nSource: `{name}.parquet`{shown}\n\n{table}\n"
 
 
-def _save(figure: Figure, path: Path) -> Path:
-    with atomic_path(path, suffix=".png") as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    return path
-
-
 def plot_lab_histograms(channels: pd.DataFrame, path: Path) -> Path:
     """L, a and b histograms side by side, on Lab axes, as shares of pixels."""
     figure = Figure(figsize=(12, 3.5), layout="constrained")
@@ -93,7 +88,7 @@ def plot_lab_histograms(channels: pd.DataFrame, path: Path) -> Path:
         axis.set_xlabel(f"{name} (Lab units)")
         axis.set_ylabel("% of valid pixels")
         axis.set_title(name)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_count_histogram(
@@ -110,7 +105,7 @@ def plot_count_histogram(
     axis.set_xlabel(xlabel)
     axis.set_ylabel("images")
     axis.legend()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_rank_frequency(counts: np.ndarray, path: Path) -> Path:
@@ -124,7 +119,7 @@ def plot_rank_frequency(counts: np.ndarray, path: Path) -> Path:
     axis.set_xlabel("rank")
     axis.set_ylabel("occurrences")
     axis.set_title("Token rank–frequency")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def write_plots(stats_dir: Path, tables: dict[str, pd.DataFrame]) -> dict[str, Path]:

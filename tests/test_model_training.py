@@ -21,6 +21,7 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 from dagster_pipes import encode_param
+from PIL import Image
 
 import model.checkpoint as checkpoint_module
 import model.losses as losses
@@ -521,6 +522,10 @@ def test_cli_reports_through_dagster_pipes(dataset: Path, tmp_path: Path, gpus: 
     assert metadata["checkpoint"]["raw_value"] == str(tmp_path / "runs" / "pipes" / "latest.pt")
     saved = load_checkpoint(Path(metadata["checkpoint"]["raw_value"]))
     assert (saved["step"], len(saved["rng"])) == (2, gpus), "one RNG state per rank"
+    assert metadata["curves"]["type"] == metadata["metrics_parquet"]["type"] == "path"
+    with Image.open(metadata["curves"]["raw_value"]) as curves:
+        assert curves.format == "PNG" and curves.size == (1200, 600)
+    assert metadata["preview"]["type"] == "md" and "](data:image/jpeg;base64," in metadata["preview"]["raw_value"]
 
 
 def test_a_launch_that_disagrees_with_gpus_is_refused(

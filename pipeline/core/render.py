@@ -16,6 +16,7 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.core.files import atomic_path
@@ -104,6 +105,13 @@ def inline_images(markdown: str, base: Path, width: int = 640) -> Markdown:
     :func:`preview_markdown`, so it renders where the files are not served, as in the Dagster UI; each image is
     capped at ``width`` pixels, never the text."""
     return Markdown(_IMAGE_LINK.sub(lambda link: preview_markdown(base / link["path"], link["title"], width), markdown))
+
+
+def save_figure(figure: Figure, path: Path) -> Path:
+    """Write a matplotlib figure (object API, no global state) as PNG, atomically."""
+    with atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    return path
 
 
 def fit_text(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> str:

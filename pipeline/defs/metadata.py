@@ -90,6 +90,17 @@ def to_metadata(values: Mapping[str, object]) -> dict[str, dg.MetadataValue]:
     return out
 
 
+def readable(metadata: Mapping[str, dg.MetadataValue]) -> dict[str, dg.MetadataValue]:
+    """Metadata another process reported (through Pipes) made as readable as :func:`to_metadata` makes its own:
+    floats rounded, timings last under ``timing/``."""
+    out: dict[str, dg.MetadataValue] = {}
+    for key, value in sorted(metadata.items(), key=lambda item: is_timing(item[0])):
+        if isinstance(value, dg.FloatMetadataValue) and value.value is not None and math.isfinite(value.value):
+            value = dg.MetadataValue.float(rounded(value.value))
+        out[TIMING_PREFIX + key if is_timing(key) else key] = value
+    return out
+
+
 def check_result(
     problems: str, check_name: str | None = None, figures: Mapping[str, object] | None = None
 ) -> dg.AssetCheckResult:

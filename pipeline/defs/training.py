@@ -8,6 +8,7 @@ import dagster as dg
 
 from pipeline.datasets import CONFIG_DIR, REPO_ROOT, resolve_repo_path
 from pipeline.defs.keys import GPU_POOL, asset_key, group_name
+from pipeline.defs.metadata import readable
 from pipeline.defs.resources import TagcolorStorage
 from pipeline.sources.base import DatasetSpec
 
@@ -72,6 +73,7 @@ def training_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         with warnings.catch_warnings():
             # Dagster's own Pipes client reads one of its preview properties: nothing here to act on.
             warnings.filterwarnings("ignore", r"Function `PipesMessageReader\.", dg.PreviewWarning)
-            return pipes.run(context=context, command=command, cwd=str(REPO_ROOT)).get_materialize_result()
+            result = pipes.run(context=context, command=command, cwd=str(REPO_ROOT)).get_materialize_result()
+        return dg.MaterializeResult(metadata=readable(result.metadata or {}))
 
     return [colorizer]
