@@ -9,8 +9,10 @@ half-restored run behind.
 from __future__ import annotations
 
 import copy
+import pickle
 import random
 import shutil
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,11 +178,19 @@ def save_checkpoint(run_dir: Path, payload: dict[str, Any], keep: int) -> Path:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read and validate a checkpoint onto the CPU; :class:`CheckpointError` for anything else."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's notes on pickle protocols of foreign files
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as error:
         raise CheckpointError(f"{path}: no such checkpoint") from error
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path}: not a {FORMAT} checkpoint (it holds Python objects, not only tensors)"
+        ) from error
     except Exception as error:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from error
+        # torch's own message runs to a page of advice on loading untrusted files: its first line says enough.
+        first_line = next(iter(str(error).strip().splitlines()), "")[:200]
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {first_line})") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint")
     if payload.get("version") != VERSION:

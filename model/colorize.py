@@ -21,6 +21,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 
 from model.checkpoint import CheckpointError
@@ -190,6 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     clashes = sorted({str(t) for t in flat if flat.count(t) > 1})
     if clashes:
         parser.error(f"several photos would be written to {', '.join(clashes)}; use distinct names")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        parser.error(f"--device {args.device}: {error}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this torch build sees no GPU (install a CUDA build, or use cpu)")
     try:
         colorizer = Colorizer.from_checkpoint(args.checkpoint, device=args.device)
         tokens = [tag_ids(parse_tags(text), colorizer.index) for text in tag_sets]

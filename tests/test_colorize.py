@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from model.colorize import (
@@ -142,6 +144,28 @@ def test_cli_reports_bad_files_and_goes_on(
     assert "missing.jpg: no such file" in errors
     assert "notes.jpg: not a readable image" in errors
     assert [p.name for p in (tmp_path / "out").iterdir()] == [f"good{SUFFIX}"]
+
+
+def test_cli_refuses_a_device_this_torch_cannot_use_and_a_foreign_pickle(
+    tmp_path: Path,
+    tiny_checkpoint: Path,
+    cli_env: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    Image.fromarray(odd_photo()).save(tmp_path / "a.png")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "a.png"), "--checkpoint", str(tiny_checkpoint), "--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert "--device cuda: this torch build sees no GPU" in capsys.readouterr().err
+    with (tmp_path / "foreign.pt").open("wb") as file:
+        pickle.dump({"model": Path("weights")}, file)
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "a.png"), "--checkpoint", str(tmp_path / "foreign.pt")])
+    err = capsys.readouterr().err
+    assert err.strip().endswith("not a tagcolor-cwgan-gp checkpoint (it holds Python objects, not only tensors)")
+    assert "weights_only" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_errors_on_a_missing_checkpoint_or_clashing_names(

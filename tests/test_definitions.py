@@ -200,6 +200,17 @@ def test_evaluation_scores_the_run_the_colorizer_last_trained(tmp_path) -> None:
         materialize("sample/evaluation", env, config={"run": "../x"})
 
 
+def test_a_bad_training_override_fails_the_step_with_its_reason(tmp_path) -> None:
+    env = {"TAGCOLOR_DATA_DIR": str(tmp_path)}
+    key = dg.AssetKey(["sample", "colorizer"])
+    (asset,) = [a for a in build_dataset_assets(load_dataset_spec("sample")) if key in a.keys]
+    run_config = {"ops": {asset.op.name: {"config": {"overrides": ["batch_size=0"]}}}}
+    pipes = dg.PipesSubprocessClient()
+    with pytest.raises(dg.Failure, match=r"^training config: batch_size: must be positive, got 0$"):
+        dg.materialize([asset], resources={"storage": storage_from_environ(env), "pipes": pipes}, run_config=run_config)
+    assert not (tmp_path / "sample" / "runs").exists(), "refused before any process started"
+
+
 def test_mirflickr25k_tags_need_the_archive_and_its_tag_files(tmp_path) -> None:
     env = {"TAGCOLOR_DATA_DIR": str(tmp_path)}
     with pytest.raises(dg.Failure, match=r"mirflickr25k\.zip not found: materialize mirflickr25k/archives"):

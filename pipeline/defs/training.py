@@ -39,18 +39,28 @@ def train_config_path(name: str) -> Path | None:
     return path
 
 
+def training_arguments(spec: DatasetSpec, config: ColorizerConfig, data_root: Path) -> tuple[Path | None, list[str]]:
+    """The preset and the ``key=value`` overrides a run of ``spec``'s data gets from ``config``."""
+    preset = train_config_path(config.train_config or spec.train_config)
+    overrides = [f"data_root={data_root}", *([f"run_name={config.run_name}"] if config.run_name else [])]
+    return preset, [*overrides, *config.overrides]
+
+
 def training_command(spec: DatasetSpec, config: ColorizerConfig, data_root: Path) -> list[str]:
     """``python -m model.train`` on the dataset's data; it starts ``torchrun`` itself when ``gpus`` > 1."""
-    preset = train_config_path(config.train_config or spec.train_config)
-    return [
-        sys.executable,
-        "-m",
-        "model.train",
-        *(["--config", str(preset)] if preset else []),
-        f"data_root={data_root}",
-        *([f"run_name={config.run_name}"] if config.run_name else []),
-        *config.overrides,
-    ]
+    preset, overrides = training_arguments(spec, config, data_root)
+    return [sys.executable, "-m", "model.train", *(["--config", str(preset)] if preset else []), *overrides]
+
+
+def check_training_config(spec: DatasetSpec, config: ColorizerConfig, data_root: Path) -> None:
+    """Refuse a config the training process would refuse, here, with its one-line reason (not as an exit code
+    of another process)."""
+    from model.config import TrainConfigError, load_train_config  # torch: loaded by this step only
+
+    try:
+        load_train_config(*training_arguments(spec, config, data_root))
+    except TrainConfigError as error:
+        raise dg.Failure(description=f"training config: {error}") from error
 
 
 def training_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
@@ -68,6 +78,7 @@ def training_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         storage: TagcolorStorage,
         pipes: dg.PipesSubprocessClient,
     ) -> dg.MaterializeResult:
+        check_training_config(spec, config, storage.paths(spec.name).root)
         command = training_command(spec, config, storage.paths(spec.name).root)
         context.log.info(" ".join(command))
         with warnings.catch_warnings():
