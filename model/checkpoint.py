@@ -9,7 +9,6 @@ half-restored run behind.
 from __future__ import annotations
 
 import copy
-import pickle
 import random
 import shutil
 import warnings
@@ -175,6 +174,9 @@ def save_checkpoint(run_dir: Path, payload: dict[str, Any], keep: int) -> Path:
     return path
 
 
+WEIGHTS_UNPICKLER = "WeightsUnpickler error:"
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read and validate a checkpoint onto the CPU; :class:`CheckpointError` for anything else."""
     try:
@@ -183,14 +185,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as error:
         raise CheckpointError(f"{path}: no such checkpoint") from error
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f"{path}: not a {FORMAT} checkpoint (it holds Python objects, not only tensors)"
-        ) from error
     except Exception as error:
-        # torch's own message runs to a page of advice on loading untrusted files: its first line says enough.
-        first_line = next(iter(str(error).strip().splitlines()), "")[:200]
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {first_line})") from error
+        # torch wraps whatever its safe unpickler refuses in a page of advice on untrusted files; the reason
+        # itself follows "WeightsUnpickler error:".
+        text = str(error).partition(WEIGHTS_UNPICKLER)[2] or str(error)
+        reason = next((line.strip() for line in text.splitlines() if line.strip()), "")[:200]
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {reason})") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint")
     if payload.get("version") != VERSION:
