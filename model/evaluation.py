@@ -27,7 +27,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -367,19 +367,24 @@ def run_train_mean(run_dir: Path, seed: int) -> tuple[np.ndarray, dict[str, Any]
     return mean_ab, {"a": float(mean_ab[0]) - NEUTRAL_AB, "b": float(mean_ab[1]) - NEUTRAL_AB, **where}
 
 
+Built = TypeVar("Built")
+
+
+def _built(build: Callable[[str], Built], device: str) -> tuple[Built | None, str]:
+    """A learned metric's network and ``ok``, or nothing and ``unavailable: <why and what to do>``."""
+    try:
+        return build(device), "ok"
+    except MetricUnavailable as error:
+        return None, f"unavailable: {error}"
+
+
 class LearnedMetrics:
     """FID (per set, against the originals' features, computed once) and LPIPS, where they can run here."""
 
     def __init__(self, device: str, names: Sequence[str]) -> None:
-        self.status: dict[str, str] = {}
-        self.features: Callable[[torch.Tensor], torch.Tensor] | None = None
-        self.lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-        for metric, build in (("fid", inception_features), ("lpips", lpips_distance)):
-            try:
-                setattr(self, "features" if metric == "fid" else metric, build(device))
-                self.status[metric] = "ok"
-            except MetricUnavailable as error:
-                self.status[metric] = f"unavailable: {error}"
+        self.features, fid_status = _built(inception_features, device)
+        self.lpips, lpips_status = _built(lpips_distance, device)
+        self.status = {"fid": fid_status, "lpips": lpips_status}
         self.active = self.features is not None or self.lpips is not None
         self.moments: dict[str, GaussianMoments] = {}
         self.lpips_values: dict[str, list[np.ndarray]] = {name: [] for name in names}
