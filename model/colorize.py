@@ -30,7 +30,7 @@ from model.inference import Colorizer
 from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb, rgb_to_lab_u8
 from pipeline.core.contract import WORDS_PER_IMAGE
 from pipeline.core.files import atomic_path
-from pipeline.core.photos import flatten, to_srgb, upright
+from pipeline.core.photos import srgb_pixels
 from pipeline.core.render import CollageRow, render_collage
 from pipeline.core.vocabulary import (
     VocabularyError,
@@ -65,9 +65,7 @@ def read_rgb(path: Path) -> np.ndarray:
         raise ColorizeError(f"{path}: no such file")
     try:
         with Image.open(path) as image:
-            icc = image.info.get("icc_profile")
-            rgb, _ = to_srgb(flatten(upright(image), keep_cmyk=bool(icc)), icc)
-            return np.asarray(rgb.convert("RGB"))
+            return srgb_pixels(image)
     except (OSError, Image.DecompressionBombError) as error:
         raise ColorizeError(f"{path}: not a readable image ({error})") from error
 

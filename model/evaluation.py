@@ -36,7 +36,7 @@ import torch
 import yaml
 from PIL import Image
 
-from model.colorize import parse_tags, tag_ids
+from model.colorize import center_square, parse_tags, tag_ids
 from model.data import checkpoint_ids, tokens_file
 from model.fid import GaussianMoments, MetricUnavailable, frechet_distance, inception_features, lpips_distance
 from model.inference import Colorizer
@@ -44,7 +44,7 @@ from model.metrics import ImageMetrics, Reference, image_metrics
 from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb, rgb_to_lab_u8
 from pipeline.core.files import atomic_write_text
 from pipeline.core.layout import DataError, DatasetPaths, read_layout
-from pipeline.core.photos import flatten, to_srgb, upright
+from pipeline.core.photos import srgb_pixels
 from pipeline.core.render import CollageRow, Markdown, preview_markdown, render_collage
 
 CONDITIONS = ("tags", "pad", "shuffled")
@@ -259,14 +259,9 @@ def holdout_set(
 def square_lab(data: bytes, protocol: Protocol) -> np.ndarray:
     """A photo file's bytes → uint8 Lab ``(size, size, 3)``: upright, in sRGB, cropped and resized per protocol."""
     with Image.open(io.BytesIO(data)) as image:
-        icc = image.info.get("icc_profile")
-        rgb, _ = to_srgb(flatten(upright(image), keep_cmyk=bool(icc)), icc)
-        pixels = np.asarray(rgb.convert("RGB"))
-    height, width = pixels.shape[:2]
+        pixels = srgb_pixels(image)
     if protocol.crop == "center":
-        side = min(height, width)
-        top, left = (height - side) // 2, (width - side) // 2
-        pixels = pixels[top : top + side, left : left + side]
+        pixels = center_square(pixels)
     shrink = min(pixels.shape[:2]) > protocol.size
     resized = cv2.resize(
         pixels, (protocol.size, protocol.size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
@@ -410,38 +405,39 @@ class LearnedMetrics:
         return out
 
 
+def _collage(
+    eval_set: EvaluationSet,
+    positions: np.ndarray,
+    token_sets: Sequence[np.ndarray],
+    colorizer: Colorizer,
+    path: Path,
+    titles: Sequence[str] = ("generated",),
+) -> Path:
+    """Grey input | the photos coloured under each of ``token_sets`` (one row of tags per photo) | original,
+    for the photos at ``positions``."""
+    lab = eval_set.read(positions)
+    coloured = [lab_u8_to_rgb(with_ab(lab, colorizer.predict_ab(lab[..., 0], tokens))) for tokens in token_sets]
+    grey = lab_u8_to_rgb(with_ab(lab, NEUTRAL_AB))
+    originals = lab_u8_to_rgb(lab)
+    collage_rows = [
+        CollageRow(
+            (grey[i], *(c[i] for c in coloured), originals[i]), eval_set.captions.get(int(eval_set.image_ids[p]), "")
+        )
+        for i, p in enumerate(positions)
+    ]
+    columns = ("grey input", *titles, "original")
+    return render_collage(collage_rows, path, tile=max(lab.shape[1], MIN_TILE), columns=columns)
+
+
 def _steering_collage(
     eval_set: EvaluationSet, tokens: np.ndarray, colorizer: Colorizer, steering: Sequence[str], rows: int, path: Path
 ) -> Path:
     """Grey input | own tags | no tags | each alternative tag set | original, for the first ``rows`` photos."""
-    lab = eval_set.read(np.arange(min(rows, len(eval_set))))
+    positions = np.arange(min(rows, len(eval_set)))
     alternatives = [tag_ids(parse_tags(text), colorizer.index) for text in steering]
-    token_sets = [tokens[: len(lab)], np.full_like(tokens[: len(lab)], colorizer.index.pad)]
-    token_sets += [np.repeat(alt[None], len(lab), axis=0) for alt in alternatives]
-    coloured = [lab_u8_to_rgb(with_ab(lab, colorizer.predict_ab(lab[..., 0], t))) for t in token_sets]
-    grey = lab_u8_to_rgb(with_ab(lab, NEUTRAL_AB))
-    originals = lab_u8_to_rgb(lab)
-    collage_rows = [
-        CollageRow((grey[i], *(c[i] for c in coloured), originals[i]), eval_set.captions.get(int(image_id), ""))
-        for i, image_id in enumerate(eval_set.image_ids[: len(lab)])
-    ]
-    columns = ("grey input", "own tags", "no tags", *steering, "original")
-    return render_collage(collage_rows, path, tile=max(lab.shape[1], MIN_TILE), columns=columns)
-
-
-def _collage(
-    eval_set: EvaluationSet, positions: np.ndarray, tokens: np.ndarray, colorizer: Colorizer, path: Path
-) -> Path:
-    """Grey input | generated with the true tags | original, for the photos at ``positions``."""
-    lab = eval_set.read(positions)
-    generated = lab_u8_to_rgb(with_ab(lab, colorizer.predict_ab(lab[..., 0], tokens[positions])))
-    grey = lab_u8_to_rgb(with_ab(lab, NEUTRAL_AB))
-    originals = lab_u8_to_rgb(lab)
-    collage_rows = [
-        CollageRow((grey[i], generated[i], originals[i]), eval_set.captions.get(int(eval_set.image_ids[p]), ""))
-        for i, p in enumerate(positions)
-    ]
-    return render_collage(collage_rows, path, tile=max(lab.shape[1], MIN_TILE))
+    token_sets = [tokens[positions], np.full_like(tokens[positions], colorizer.index.pad)]
+    token_sets += [np.repeat(alternative[None], len(positions), axis=0) for alternative in alternatives]
+    return _collage(eval_set, positions, token_sets, colorizer, path, ("own tags", "no tags", *steering))
 
 
 def evaluate(
@@ -526,8 +522,8 @@ def evaluate(
 
     first = np.arange(min(collage_rows, len(eval_set)))
     best = np.sort(np.argsort(per_image["tags"].ab_error, kind="stable")[: len(first)])
-    collage_path = _collage(eval_set, first, true_tokens, colorizer, out_dir / COLLAGE_NAME)
-    best_collage_path = _collage(eval_set, best, true_tokens, colorizer, out_dir / BEST_COLLAGE_NAME)
+    collage_path = _collage(eval_set, first, [true_tokens[first]], colorizer, out_dir / COLLAGE_NAME)
+    best_collage_path = _collage(eval_set, best, [true_tokens[best]], colorizer, out_dir / BEST_COLLAGE_NAME)
     steering_path = _steering_collage(
         eval_set, true_tokens, colorizer, steering, steering_rows, out_dir / STEERING_COLLAGE_NAME
     )

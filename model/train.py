@@ -342,7 +342,7 @@ def _train(
                     loss_d, stats_d = critic_loss(critic, state.critic, fake, batch, weights, penalise)
                 optimizer_step(state.opt_d, loss_d, state.critic, ddp)
                 last_gp = {"gp": stats_d["gp"]} if penalise else last_gp
-            stats_d |= last_gp if adversarial else {}
+            stats_d |= last_gp  # empty until the first penalised update, which follows the warm-up
             images_since_log += batches * config.batch_size * ddp.world_size
 
             state.critic.requires_grad_(False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import io
 
+import numpy as np
 from PIL import Image, ImageCms
 
 ORIENTATION_TAG = 0x0112
@@ -74,3 +75,11 @@ def flatten(image: Image.Image, keep_cmyk: bool) -> Image.Image:
     if image.mode in ("RGB", "L") or (keep_cmyk and image.mode == "CMYK"):
         return image
     return image.convert("RGB")
+
+
+def srgb_pixels(image: Image.Image) -> np.ndarray:
+    """A whole photo as uint8 sRGB ``(H, W, 3)``: turned upright by its EXIF orientation, flattened, its ICC
+    profile applied, as conversion reads it (for photos read whole, outside conversion)."""
+    icc = image.info.get("icc_profile")
+    rgb, _ = to_srgb(flatten(upright(image), keep_cmyk=bool(icc)), icc)
+    return np.asarray(rgb.convert("RGB"))
