@@ -14,18 +14,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.core.files import atomic_path
+from pipeline.core.fonts import FontChain, warn_missing
 
 COLUMNS = ("grey input", "generated", "original")
 ELLIPSIS = "…"
 BACKGROUND = (255, 255, 255)
 TEXT = (20, 20, 20)
-CAPTION_FONT = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ def save_figure(figure: Figure, path: Path) -> Path:
     return path
 
 
-def fit_text(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> str:
+def fit_text(text: str, font: FontChain | ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> str:
     """``text``, or its longest prefix that fits ``width`` pixels followed by an ellipsis."""
     if font.getlength(text) <= width:
         return text
@@ -140,25 +139,28 @@ def render_collage(
 ) -> Path:
     """Draw ``rows`` under a header of column titles and write the PNG atomically to ``path``.
 
-    Captions use DejaVu Sans, which matplotlib ships (Latin, Greek and Cyrillic tags such as ``münchen``
-    render; Pillow's built-in font would draw boxes), so rendering needs no system fonts and no network.
+    Text goes through the font chain (:mod:`pipeline.core.fonts`), so tags in any script the machine has fonts for
+    render as glyphs; one warning names the characters none has (drawn as U+FFFD) and what to install.
     """
     if not rows:
         raise ValueError("a collage needs at least one row")
     if any(len(row.images) != len(columns) for row in rows):
         raise ValueError(f"every row needs one image per column title {columns}")
     layout = CollageLayout(tile=tile, n_rows=len(rows), n_columns=len(columns))
-    font = ImageFont.truetype(CAPTION_FONT, size=layout.font_size)
+    font = FontChain(layout.font_size)
     canvas = Image.new("RGB", (layout.width, layout.height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    for column, title in enumerate(columns):
+    titles = [fit_text(title, font, tile) for title in columns]
+    for column, title in enumerate(titles):
         x, _ = layout.tile_origin(0, column)
-        draw.text((x + tile / 2, layout.margin), fit_text(title, font, tile), fill=TEXT, font=font, anchor="mt")
+        font.draw(draw, (x + tile / 2, layout.margin), title, TEXT, anchor="ma")
     caption_width = layout.width - 2 * layout.margin
-    for r, row in enumerate(rows):
+    captions = [fit_text(row.caption, font, caption_width) for row in rows]
+    for r, (row, caption) in enumerate(zip(rows, captions, strict=True)):
         for column, rgb in enumerate(row.images):
             canvas.paste(_tile_image(rgb, tile), layout.tile_origin(r, column))
-        draw.text(layout.caption_origin(r), fit_text(row.caption, font, caption_width), fill=TEXT, font=font)
+        font.draw(draw, layout.caption_origin(r), caption, TEXT)
+    warn_missing([*titles, *captions])
     with atomic_path(path, suffix=".png") as tmp:
         canvas.save(tmp, format="PNG")
     return path
