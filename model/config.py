@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -99,6 +100,12 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 500
     keep_checkpoints: int = 3
+    snapshot_every: int = 500
+    """Steps between snapshot collages of a few fixed held-out photos (``snapshots/step_<step>.png`` and
+    ``snapshot_latest.png``), and one at the last step, to watch a run learn while it trains; 0: none."""
+    tensorboard: bool | None = None
+    """TensorBoard event files in ``runs/<run_name>/tensorboard/``: the logged metrics and the snapshots.
+    None: when the ``tensorboard`` package is installed; true: required; false: none."""
     seed: int = 0
     device: str = "auto"
     compile: bool = False
@@ -138,7 +145,7 @@ def _check_values(config: TrainConfig) -> None:
     """Ranges and choices that need no files."""
     for key in POSITIVE_KEYS:
         _require(getattr(config, key) > 0, key, f"must be positive, got {getattr(config, key)}")
-    for key in ("gp_lambda", "drift", "l1_weight", "l1_warmup_steps"):
+    for key in ("gp_lambda", "drift", "l1_weight", "l1_warmup_steps", "snapshot_every"):
         _require(getattr(config, key) >= 0, key, f"must not be negative, got {getattr(config, key)}")
     _require(config.lr > 0, "lr", f"must be positive, got {config.lr}")
     _require(
@@ -153,6 +160,11 @@ def _check_values(config: TrainConfig) -> None:
     _require(config.tokenizer in TOKENIZERS, "tokenizer", f"must be one of {TOKENIZERS}, got {config.tokenizer!r}")
     _require(config.device in ("auto", "cpu", "cuda"), "device", f"must be auto, cpu or cuda, not {config.device!r}")
     _require(config.device != "cuda" or torch.cuda.is_available(), "device", "cuda requested but no GPU is visible")
+    _require(
+        config.tensorboard is not True or importlib.util.find_spec("tensorboard") is not None,
+        "tensorboard",
+        "true, but the tensorboard package is not installed (pip install -e '.[tensorboard]')",
+    )
     _require(
         config.image_size % 2**config.depth == 0,
         "image_size",

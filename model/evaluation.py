@@ -405,7 +405,7 @@ class LearnedMetrics:
         return out
 
 
-def _collage(
+def coloured_collage(
     eval_set: EvaluationSet,
     positions: np.ndarray,
     token_sets: Sequence[np.ndarray],
@@ -437,7 +437,7 @@ def _steering_collage(
     alternatives = [tag_ids(parse_tags(text), colorizer.index) for text in steering]
     token_sets = [tokens[positions], np.full_like(tokens[positions], colorizer.index.pad)]
     token_sets += [np.repeat(alternative[None], len(positions), axis=0) for alternative in alternatives]
-    return _collage(eval_set, positions, token_sets, colorizer, path, ("own tags", "no tags", *steering))
+    return coloured_collage(eval_set, positions, token_sets, colorizer, path, ("own tags", "no tags", *steering))
 
 
 def evaluate(
@@ -522,8 +522,8 @@ def evaluate(
 
     first = np.arange(min(collage_rows, len(eval_set)))
     best = np.sort(np.argsort(per_image["tags"].ab_error, kind="stable")[: len(first)])
-    collage_path = _collage(eval_set, first, [true_tokens[first]], colorizer, out_dir / COLLAGE_NAME)
-    best_collage_path = _collage(eval_set, best, [true_tokens[best]], colorizer, out_dir / BEST_COLLAGE_NAME)
+    collage_path = coloured_collage(eval_set, first, [true_tokens[first]], colorizer, out_dir / COLLAGE_NAME)
+    best_collage_path = coloured_collage(eval_set, best, [true_tokens[best]], colorizer, out_dir / BEST_COLLAGE_NAME)
     steering_path = _steering_collage(
         eval_set, true_tokens, colorizer, steering, steering_rows, out_dir / STEERING_COLLAGE_NAME
     )

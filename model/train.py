@@ -5,7 +5,8 @@ Several GPUs (DDP): torchrun --standalone --nproc_per_node=8 -m model.train --co
 
 Each step is ``n_critic`` critic updates, each on a fresh batch, then one generator update on the last batch;
 the first ``l1_warmup_steps`` steps are one generator update on the L1 term alone.
-Rank 0 writes ``config.yaml``, ``metrics.parquet`` and checkpoints under ``runs/<run_name>/``. Launched by
+Rank 0 writes ``config.yaml``, ``metrics.parquet``, checkpoints, snapshot collages (``snapshots/``) and, with
+the ``tensorboard`` package, TensorBoard event files (``tensorboard/``) under ``runs/<run_name>/``. Launched by
 Dagster Pipes, progress and the final result go back to Dagster; standalone they are printed.
 """
 
@@ -20,13 +21,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
 import yaml
 from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
+from PIL import Image
 
 from model.checkpoint import (
     LATEST,
@@ -53,13 +56,18 @@ from model.config import (
 from model.curves import CURVES_NAME, plot_curves
 from model.data import BatchLoader, TokenIndex, TrainingSet, dataset_words, to_device, training_tokens
 from model.losses import LossWeights, critic_loss, generator_loss
+from model.snapshots import SnapshotWriter, latest_snapshot, snapshot_photos
 from pipeline.core.files import atomic_path, atomic_write_text
 from pipeline.core.layout import DataError, read_layout
 from pipeline.core.render import preview_markdown
 
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
 logger = logging.getLogger(__name__)
 
 METRICS = "metrics.parquet"
+TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclass(frozen=True)
@@ -209,6 +217,52 @@ def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
         pd.DataFrame(rows).to_parquet(tmp, index=False)
 
 
+class TensorBoard:
+    """Rank 0's TensorBoard event files in ``runs/<run_name>/tensorboard/``: every logged metrics row and every
+    snapshot; nothing on other ranks, with ``tensorboard: false``, or by default without the package.
+
+    Each process starts a new event file; its ``purge_step`` tells TensorBoard to drop what a killed process
+    logged after the checkpoint this one resumed from, as ``metrics.parquet`` drops those rows.
+    """
+
+    def __init__(self, writer: SummaryWriter | None) -> None:
+        self.writer = writer
+
+    @classmethod
+    def open(cls, config: TrainConfig, ddp: Distributed, step: int) -> TensorBoard:
+        """Event files from ``step + 1`` on, where ``config`` asks for them."""
+        if not ddp.is_main or config.tensorboard is False:
+            return cls(None)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            if config.tensorboard:
+                raise
+            logger.info("tensorboard: not installed, so no event files (pip install -e '.[tensorboard]')")
+            return cls(None)
+        return cls(SummaryWriter(config.run_dir / TENSORBOARD_DIR, purge_step=step + 1))
+
+    def scalars(self, row: dict[str, Any]) -> None:
+        """One metrics row, each value under its column's name."""
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "step":
+                    self.writer.add_scalar(key, value, row["step"])
+
+    def image(self, path: Path, step: int) -> None:
+        """A snapshot PNG, under one tag, so TensorBoard's step slider runs through the snapshots."""
+        if self.writer is not None:
+            with Image.open(path) as image:
+                self.writer.add_image("snapshot", np.asarray(image.convert("RGB")), step, dataformats="HWC")
+
+    def __enter__(self) -> TensorBoard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 @dataclass
 class TrainResult:
     """Where a run ended: its step, ``latest.pt``, the last logged metrics and the trained state."""
@@ -313,7 +367,11 @@ def _train(
         pin_device=device if device.type == "cuda" else None,
         prefetch=config.prefetch,
     )
-    with loader:
+    snapshots = None
+    if ddp.is_main and config.snapshot_every > 0:
+        photos = snapshot_photos(layout.paths, config.holdout_shard, config.shards, config.tokenizer)
+        snapshots = SnapshotWriter(photos, state.ema, state.index, config.image_size, run_dir)
+    with loader, TensorBoard.open(config, ddp, state.step) as board:
         steps = total_steps(config, loader.batches_per_epoch)
         samples_per_epoch = loader.batches_per_epoch * config.batch_size * ddp.world_size
         on_cuda = device.type == "cuda"
@@ -356,7 +414,8 @@ def _train(
             state.position = batch.position
 
             out_of_time = time_is_up(config.max_seconds, started, ddp, device)
-            if state.step % config.log_every == 0 or state.step == steps or out_of_time:
+            last = state.step == steps or out_of_time
+            if state.step % config.log_every == 0 or last:
                 now = time.perf_counter()
                 row = {
                     "step": state.step,
@@ -370,12 +429,15 @@ def _train(
                 if ddp.is_main:
                     rows.append(row)
                     write_metrics(run_dir / METRICS, rows)
+                    board.scalars(row)
                     if report is not None:
                         report(row)
-            if state.step % config.ckpt_every == 0 or state.step == steps or out_of_time:
+            if state.step % config.ckpt_every == 0 or last:
                 rng = gather_rng_states(ddp)
                 if ddp.is_main:
                     save_checkpoint(run_dir, checkpoint_payload(state, config, rng), config.keep_checkpoints)
+            if snapshots is not None and (state.step % config.snapshot_every == 0 or last):
+                board.image(snapshots.write(state.step), state.step)
 
     if ddp.enabled:
         dist.barrier()
@@ -401,13 +463,16 @@ def summary(result: TrainResult) -> dict[str, Any]:
 
 
 def pipes_metadata(result: TrainResult) -> dict[str, Any]:
-    """:func:`summary` for Dagster: the curves inline and as a file, ``metrics.parquet`` and the run as paths."""
+    """:func:`summary` for Dagster: the curves and the latest snapshot inline and as files, ``metrics.parquet``
+    and the run as paths."""
     curves = plot_curves(pd.read_parquet(result.run_dir / METRICS), result.run_dir / CURVES_NAME)
+    snapshot = latest_snapshot(result.run_dir)
+    images = [("curves", curves, "training curves"), *([("snapshot", snapshot, "latest snapshot")] if snapshot else [])]
+    paths = {key: path for key, path, _ in images} | {"metrics_parquet": result.run_dir / METRICS}
     return {
-        "preview": {"raw_value": preview_markdown(curves, "training curves"), "type": "md"},
+        "preview": {"raw_value": "\n\n".join(preview_markdown(path, title) for _, path, title in images), "type": "md"},
         **summary(result),
-        "curves": {"raw_value": str(curves), "type": "path"},
-        "metrics_parquet": {"raw_value": str(result.run_dir / METRICS), "type": "path"},
+        **{key: {"raw_value": str(path), "type": "path"} for key, path in paths.items()},
     }
 
 

@@ -22,6 +22,7 @@ import torch.multiprocessing as mp
 import yaml
 from dagster_pipes import encode_param
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import model.checkpoint as checkpoint_module
 import model.losses as losses
@@ -125,6 +126,8 @@ def tiny_config(dataset: Path, run_dir: Path, **changes: Any) -> TrainConfig:
         (["run_name=../escape"], "run_name"),
         (["data_root=/nonexistent"], "data_root"),
         (["no_equals_sign"], "no_equals_sign"),
+        (["snapshot_every=-1"], "snapshot_every"),
+        (["tensorboard=maybe"], "tensorboard"),
     ],
 )
 def test_config_errors_name_the_key(dataset: Path, tmp_path: Path, overrides: list[str], key: str) -> None:
@@ -322,6 +325,7 @@ class Killed(RuntimeError):
     ids=["every-update-penalised", "l1-warm-up-then-lazy-penalty"],
 )
 def test_kill_and_resume_is_bit_identical(dataset: Path, tmp_path: Path, schedule: dict[str, int]) -> None:
+    schedule = schedule | {"snapshot_every": 2, "tensorboard": True}
     full = train(tiny_config(dataset, tmp_path, run_name="full", max_steps=5, **schedule))
 
     def kill_at_step_3(row: dict[str, Any]) -> None:
@@ -351,6 +355,17 @@ def test_kill_and_resume_is_bit_identical(dataset: Path, tmp_path: Path, schedul
     pd.testing.assert_frame_equal(full_metrics, resumed_metrics)
     assert full_metrics["step"].tolist() == [1, 2, 3, 4, 5]
     assert yaml.safe_load((resumed.run_dir / "config.yaml").read_text())["resume"] is True
+    snapshots = sorted(p.name for p in (resumed.run_dir / "snapshots").iterdir())
+    assert snapshots == ["step_000002.png", "step_000004.png", "step_000005.png"]
+    for name in snapshots:
+        assert (full.run_dir / "snapshots" / name).read_bytes() == (resumed.run_dir / "snapshots" / name).read_bytes()
+    events = {}
+    for run in (full, resumed):
+        accumulator = EventAccumulator(str(run.run_dir / "tensorboard"), size_guidance={"scalars": 0})
+        events[run.run_dir.name] = [(s.step, s.value) for s in accumulator.Reload().Scalars("l1")]
+    assert len(list((resumed.run_dir / "tensorboard").iterdir())) == 2, "an event file per process"
+    assert [step for step, _ in events["killed"]] == [1, 2, 3, 4, 5], "the killed process's step 3 purged"
+    assert events["killed"] == events["full"]
 
 
 def test_warm_up_trains_the_generator_alone_and_the_penalty_is_lazy(
@@ -526,6 +541,10 @@ def test_cli_reports_through_dagster_pipes(dataset: Path, tmp_path: Path, gpus: 
     with Image.open(metadata["curves"]["raw_value"]) as curves:
         assert curves.format == "PNG" and curves.size == (1200, 600)
     assert metadata["preview"]["type"] == "md" and "](data:image/jpeg;base64," in metadata["preview"]["raw_value"]
+    run_dir = tmp_path / "runs" / "pipes"
+    assert metadata["snapshot"] == {"raw_value": str(run_dir / "snapshot_latest.png"), "type": "path"}
+    assert (run_dir / "snapshots" / "step_000002.png").is_file(), "the last step's, written by rank 0 alone"
+    assert metadata["preview"]["raw_value"].count("](data:image/jpeg;base64,") == 2, "curves and snapshot"
 
 
 def test_a_launch_that_disagrees_with_gpus_is_refused(
