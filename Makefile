@@ -6,12 +6,9 @@ DATA ?= data
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 # Run config for the demo's colorizer (empty: the sample's own preset, assets_config/train/sample_demo.yaml).
 COLORIZER_CONFIG ?=
-# Where the demo copies its collage (empty: no copy). `make demo COLLAGE_COPY=docs/sample_collage.png`
-# refreshes the README's picture.
-COLLAGE_COPY ?=
 LAUNCH = TAGCOLOR_DATA_DIR=$(DATA) DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dg launch
 
-.PHONY: setup instance demo dataset test lint dev
+.PHONY: setup instance demo docs dataset test lint dev
 
 $(BIN)/dg: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +33,13 @@ demo: setup instance
 	$(LAUNCH) --assets 'sample/data_stats'
 	$(LAUNCH) --assets 'sample/colorizer' $(if $(COLORIZER_CONFIG),--config $(COLORIZER_CONFIG))
 	$(LAUNCH) --assets 'sample/evaluation'
-	if [ -n "$(COLLAGE_COPY)" ]; then mkdir -p $$(dirname $(COLLAGE_COPY)) && cp $(DATA)/sample/evaluation/result_collage.png $(COLLAGE_COPY); fi
 	@echo "collage: $(DATA)/sample/evaluation/result_collage.png  report: $(DATA)/sample/stats/data_stats.md"
+
+# The README's sample pictures and figures, from the last `make demo` (DOCS, README: where they go).
+DOCS ?= docs
+README ?= README.md
+docs: setup
+	$(BIN)/python docs/refresh.py --data $(DATA) --docs $(DOCS) --readme $(README)
 
 # Every asset of one dataset, in order, every partition: `make dataset NAME=my-photos` (README: your own photos).
 PARTITIONS = TAGCOLOR_DATA_DIR=$(DATA) $(BIN)/python -m pipeline.defs.partitions $(NAME)

@@ -159,7 +159,11 @@ def _check_values(config: TrainConfig) -> None:
     _require(config.pool in ("mean", "attention"), "pool", f"must be 'mean' or 'attention', got {config.pool!r}")
     _require(config.tokenizer in TOKENIZERS, "tokenizer", f"must be one of {TOKENIZERS}, got {config.tokenizer!r}")
     _require(config.device in ("auto", "cpu", "cuda"), "device", f"must be auto, cpu or cuda, not {config.device!r}")
-    _require(config.device != "cuda" or torch.cuda.is_available(), "device", "cuda requested but no GPU is visible")
+    _require(
+        config.device != "cuda" or torch.cuda.is_available(),
+        "device",
+        "cuda requested but this torch sees no GPU (install a CUDA build of torch, or use auto or cpu)",
+    )
     _require(
         config.tensorboard is not True or importlib.util.find_spec("tensorboard") is not None,
         "tensorboard",

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,35 @@ def vocabulary_dir(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPat
         if not target.is_file() and (source / O200K_CACHE_NAME).is_file():
             shutil.copyfile(source / O200K_CACHE_NAME, target)
     return resolve_o200k_file(cache).parent
+
+
+@dataclass(frozen=True)
+class SampleInstance:
+    """A Dagster instance and data root over which `make demo` has materialized the whole sample graph."""
+
+    data: Path
+    home: Path
+    env: dict[str, str]
+    make_output: str
+
+
+@pytest.fixture(scope="session")
+def sample_instance(tmp_path_factory: pytest.TempPathFactory, vocabulary_dir: Path) -> SampleInstance:
+    """`make demo` run once, as a user runs it (with the CI training preset), for every test that reads its results:
+    the end-to-end checks and the browser's look at the UI share it."""
+    root = tmp_path_factory.mktemp("sample_instance")
+    data, home = root / "data", root / "home"
+    env = os.environ | {"TIKTOKEN_CACHE_DIR": str(vocabulary_dir), "DAGSTER_HOME": str(home)}
+    bin_dg = Path(sys.prefix) / "bin" / "dg"
+    command = [
+        "make",
+        "-o",
+        str(bin_dg),  # the running virtualenv is the one to use: never rebuild it
+        "demo",
+        f"VENV={sys.prefix}",
+        f"DATA={data}",
+        "COLORIZER_CONFIG=assets_config/runs/sample_ci.yaml",
+    ]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-8000:]
+    return SampleInstance(data=data, home=home, env=env, make_output=done.stdout)

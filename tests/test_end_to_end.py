@@ -14,31 +14,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from docs.refresh import BEGIN, END
 from model.evaluation import MIN_TILE
 from pipeline.core.render import CollageLayout
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, SampleInstance
 from tests.test_folder import folder_of_scenes, scene
 from tests.test_stats import assert_report_matches_tables
 
 
 @pytest.mark.slow
-def test_sample_graph_end_to_end(tmp_path: Path, vocabulary_dir: Path) -> None:
-    data = tmp_path / "data"
-    env = os.environ | {"TIKTOKEN_CACHE_DIR": str(vocabulary_dir), "DAGSTER_HOME": str(tmp_path / "home")}
-    bin_dg = Path(sys.prefix) / "bin" / "dg"
-    command = [
-        "make",
-        "-o",
-        str(bin_dg),
-        "demo",
-        f"VENV={sys.prefix}",
-        f"DATA={data}",
-        "COLORIZER_CONFIG=assets_config/runs/sample_ci.yaml",
-        f"COLLAGE_COPY={tmp_path / 'docs' / 'collage.png'}",
-    ]
-    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-8000:]
-
+def test_sample_graph_end_to_end(sample_instance: SampleInstance, tmp_path: Path) -> None:
+    data = sample_instance.data
     root = data / "sample"
     assert sorted(p.name for p in (root / "raw").glob("*.zip")) == ["images0.zip", "tags.zip"]
     for shard in (0, 1):
@@ -69,8 +55,31 @@ def test_sample_graph_end_to_end(tmp_path: Path, vocabulary_dir: Path) -> None:
     layout = CollageLayout(tile=max(224, MIN_TILE), n_rows=8)  # tiles at the shards' size, eight rows
     with Image.open(root / "evaluation" / "result_collage.png") as collage:
         assert collage.size == (layout.width, layout.height)
-    assert (tmp_path / "docs" / "collage.png").read_bytes() == (root / "evaluation" / "result_collage.png").read_bytes()
-    assert (tmp_path / "home" / "dagster.yaml").is_file(), "make installs the instance settings"
+    assert (sample_instance.home / "dagster.yaml").is_file(), "make installs the instance settings"
+
+
+@pytest.mark.slow
+def test_make_docs_copies_the_demo_output(sample_instance: SampleInstance, tmp_path: Path) -> None:
+    """`make docs` puts the demo's collages and figures into the README, read from the demo's metrics.json."""
+    evaluation = sample_instance.data / "sample" / "evaluation"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# before\n\n{BEGIN}\nold figures\n{END}\n\nafter\n")
+    command = ["make", "-o", str(Path(sys.prefix) / "bin" / "dg"), "docs", f"VENV={sys.prefix}"]
+    command += [f"DATA={sample_instance.data}", f"DOCS={tmp_path / 'docs'}", f"README={readme}"]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=sample_instance.env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "docs" / "sample_collage.png").read_bytes() == (evaluation / "result_collage.png").read_bytes()
+    with (
+        Image.open(tmp_path / "docs" / "sample_steering.jpg") as jpeg,
+        Image.open(evaluation / "steering_collage.png") as png,
+    ):
+        assert jpeg.size == png.size
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    text = readme.read_text()
+    assert text.startswith("# before") and text.endswith("after\n") and "old figures" not in text
+    tags_row = next(line for line in text.splitlines() if line.startswith("| tags |"))
+    assert f"{metrics['conditions']['tags']['ab_error']:.2f}" in tags_row
+    assert f"on the {metrics['n_images']} photos" in text
 
 
 @pytest.mark.slow

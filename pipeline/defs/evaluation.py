@@ -77,7 +77,9 @@ def select_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device: {device} requested but this torch sees no GPU")
+        raise ConfigError(
+            f"device: {device} requested but this torch sees no GPU (install a CUDA build of torch, or use auto or cpu)"
+        )
     return device
 
 
