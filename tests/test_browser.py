@@ -27,7 +27,7 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 PREVIEWS = {"data_stats": 4, "colorizer": 2, "evaluation": 3}
-"""Each asset's preview and the pictures it embeds at least (plots; curves and the latest snapshot; the three collages)."""
+"""Each asset's preview and the pictures it embeds at least: plots; curves and the latest snapshot; collages."""
 
 
 def system_chromium() -> str:
