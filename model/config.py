@@ -19,19 +19,20 @@ import torch
 import yaml
 
 from model.data import TOKENIZERS
+from model.plan import PlanError, TrainingPlan, resolve_subsets
 from pipeline.core.config import typed_value
 from pipeline.core.layout import DataError, DatasetLayout, read_layout
 
 ARCHITECTURE_KEYS = ("base_channels", "depth", "token_dim", "pool")
 """Keys that shape the networks: a resumed or initialised run must keep the checkpoint's values."""
 
-DATA_ORDER_KEYS = ("shards", "holdout_shard", "batch_size", "seed", "skip_grayscale")
+DATA_ORDER_KEYS = ("shards", "holdout_shard", "batch_size", "seed", "skip_grayscale", "plan")
 """Keys that fix which images a step sees: a resumed run continues the same sequence only with the same values
-(a new subset is a new ``run_name`` with ``init_from``)."""
+(a new subset is a new ``run_name`` with ``init_from``, or a stage of a ``plan``)."""
 
 POSITIVE_KEYS = (
     "image_size", "batch_size", "epochs", "n_critic", "base_channels", "depth", "token_dim",
-    "min_token_count", "log_every", "ckpt_every", "keep_checkpoints", "prefetch", "gpus", "gp_every",
+    "min_token_count", "log_every", "ckpt_every", "keep_checkpoints", "prefetch", "gpus", "gp_every", "nnodes",
 )  # fmt: skip
 
 
@@ -64,7 +65,21 @@ class TrainConfig:
     """Per process (GPU): a critic step sees ``gpus × batch_size`` photos."""
     gpus: int = 1
     """Processes per machine, one per GPU; above 1, ``python -m model.train`` starts them through torchrun."""
+    nnodes: int = 1
+    """Machines; above 1, each runs this same command, and torchrun's c10d rendezvous at ``rdzv_endpoint`` makes
+    them one job of ``nnodes × gpus`` processes (data root and runs on a filesystem they all share)."""
+    rdzv_endpoint: str = ""
+    """``host:port`` where the machines of a multi-node run meet (any one of them, e.g. the first)."""
+    rdzv_id: str = ""
+    """The multi-node job's id, the same on every machine; empty: the run name."""
     epochs: int = 10
+    """Passes over the training shards; with a ``plan``, its stages set the length instead."""
+    plan: TrainingPlan | None = None
+    """A staged schedule (:class:`model.plan.TrainingPlan`): ``subsets`` of the training shards, ``stages`` of
+    ``epochs_per_stage`` epochs each, cycling through the subsets, each stage continuing from the one before."""
+    stage: int | None = None
+    """With a ``plan``: train only stage ``stage`` (from 1), continuing the run from where the stage before it
+    ended; None: the whole plan."""
     max_steps: int | None = None
     """Caps the number of generator steps (each follows ``n_critic`` critic steps)."""
     max_seconds: float | None = None
@@ -155,6 +170,18 @@ def _check_values(config: TrainConfig) -> None:
     )
     _require(0 <= config.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {config.ema_decay}")
     _require(config.max_steps is None or config.max_steps > 0, "max_steps", "must be positive or null")
+    _require(
+        config.nnodes == 1 or config.rdzv_endpoint.rpartition(":")[2].isdigit(),
+        "rdzv_endpoint",
+        f"a run over {config.nnodes} machines needs host:port where they meet, got {config.rdzv_endpoint!r}",
+    )
+    if config.stage is not None:
+        _require(config.plan is not None, "stage", f"{config.stage} given, but the config has no plan")
+        _require(
+            1 <= config.stage <= config.plan.stages,
+            "stage",
+            f"must be one of the plan's stages 1 … {config.plan.stages}, got {config.stage}",
+        )
     _require(config.max_seconds is None or config.max_seconds > 0, "max_seconds", "must be positive or null")
     _require(config.pool in ("mean", "attention"), "pool", f"must be 'mean' or 'attention', got {config.pool!r}")
     _require(config.tokenizer in TOKENIZERS, "tokenizer", f"must be one of {TOKENIZERS}, got {config.tokenizer!r}")
@@ -219,6 +246,14 @@ def validate_train_config(config: TrainConfig) -> TrainConfig:
     shards = config.shards if config.shards is not None else [s for s in range(layout.n_shards) if s != holdout]
     _require(holdout not in shards, "holdout_shard", f"shard {holdout} is held out but listed in 'shards'")
     _require(bool(shards), "shards", f"no shard is left for training besides the held-out {holdout}")
+    plan = config.plan
+    if plan is not None:
+        try:
+            subsets = resolve_subsets(plan, shards, holdout)
+        except PlanError as error:
+            raise TrainConfigError(str(error)) from None
+        plan = dataclasses.replace(plan, subsets=subsets)
+        shards = sorted({shard for subset in subsets for shard in subset})
     for shard in shards:
         _require(layout.paths.shard(shard).is_file(), "shards", f"{layout.paths.shard(shard)} does not exist")
     if config.init_from is not None:
@@ -228,6 +263,7 @@ def validate_train_config(config: TrainConfig) -> TrainConfig:
         runs_dir=str(Path(config.runs_dir or Path(config.data_root) / "runs")),
         holdout_shard=holdout,
         shards=sorted(set(shards)),
+        plan=plan,
     )
 
 

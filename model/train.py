@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -54,11 +56,12 @@ from model.config import (
     validate_train_config,
 )
 from model.curves import CURVES_NAME, plot_curves
-from model.data import BatchLoader, TokenIndex, TrainingSet, dataset_words, to_device, training_tokens
+from model.data import BatchLoader, Position, TokenIndex, TrainingSet, dataset_words, to_device, training_tokens
 from model.losses import LossWeights, critic_loss, generator_loss
+from model.plan import PlanError, Stage, TrainingPlan, plan_stages, stage_at
 from model.snapshots import SnapshotWriter, latest_snapshot, snapshot_photos
 from pipeline.core.files import atomic_path, atomic_write_text
-from pipeline.core.layout import DataError, read_layout
+from pipeline.core.layout import DataError, DatasetLayout, read_layout
 from pipeline.core.render import preview_markdown
 
 if TYPE_CHECKING:
@@ -67,6 +70,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 METRICS = "metrics.parquet"
+PLAN_PROGRESS = "plan.json"
 TENSORBOARD_DIR = "tensorboard"
 
 
@@ -126,6 +130,22 @@ def all_reduce_gradients(module: torch.nn.Module, world_size: int) -> None:
         param.grad.copy_(grad.view_as(param))
 
 
+def check_ranks_agree(state: TrainState, ddp: Distributed) -> None:
+    """Every rank must end with rank 0's weights: averaged gradients keep them equal, and a rank that drifted
+    (a launcher mix-up, a non-deterministic kernel on one machine) would make the checkpoint one rank's alone."""
+    agree = True
+    for module in (state.generator, state.critic, state.ema):
+        for tensor in module.state_dict().values():
+            reference = tensor.detach().clone()
+            dist.broadcast(reference, src=0)
+            agree &= torch.equal(reference, tensor)
+    flag = torch.tensor([1 if agree else 0], device=next(state.generator.parameters()).device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    if not flag.item():
+        raise RuntimeError(f"rank {ddp.rank}: the weights of the {ddp.world_size} processes differ after training")
+    logger.info("rank %d of %d: weights equal to rank 0's", ddp.rank, ddp.world_size)
+
+
 def gather_rng_states(ddp: Distributed) -> list[dict[str, Any]]:
     """Every rank's RNG states, so each rank resumes its own random stream."""
     if not ddp.enabled:
@@ -146,14 +166,62 @@ def ema_decay(target: float, step: int) -> float:
     return min(target, (1.0 + step) / (10.0 + step))
 
 
-def total_steps(config: TrainConfig, batches_per_epoch: int) -> int:
-    """Generator steps in ``epochs`` epochs, capped by ``max_steps``."""
-    steps = config.epochs * batches_per_epoch // config.n_critic
-    if steps == 0:
-        raise TrainConfigError(
-            f"epochs: {config.epochs} epoch(s) of {batches_per_epoch} batches hold no step of n_critic batches"
+def training_stages(
+    config: TrainConfig, layout: DatasetLayout, world_size: int
+) -> tuple[list[Stage], dict[int, TrainingSet]]:
+    """The run's stages (one over all training shards without a plan) and each subset's photos, by subset."""
+    plan = config.plan or TrainingPlan(subsets=[config.shards], stages=1, epochs_per_stage=config.epochs)
+    subsets = plan.subsets
+    datasets = {
+        number: TrainingSet(layout, subset, config.skip_grayscale, config.tokenizer)
+        for number, subset in enumerate(subsets, start=1)
+    }
+    # The loader cuts an epoch into global batches of batch_size × world_size samples, the remainder dropped.
+    batches = [len(datasets[number]) // (config.batch_size * world_size) for number in datasets]
+    for number, count in zip(datasets, batches, strict=True):
+        if count == 0:
+            raise DataError(
+                f"batch_size {config.batch_size} × {world_size} process(es) exceeds the {len(datasets[number])}"
+                f" eligible images of {'subset ' + str(number) if config.plan else 'the training shards'}"
+            )
+    try:
+        stages = plan_stages(
+            plan, subsets, batches, config.n_critic, "plan.epochs_per_stage" if config.plan else "epochs"
         )
-    return min(steps, config.max_steps) if config.max_steps is not None else steps
+    except PlanError as error:
+        raise TrainConfigError(str(error)) from None
+    return stages, datasets
+
+
+def final_step(config: TrainConfig, stages: Sequence[Stage], step: int) -> int:
+    """Where this process stops: the plan's end, or the end of ``config.stage``; capped by ``max_steps``.
+
+    A stage runs only from where the stage before it ended (or from within itself, resumed): it never starts
+    over from weights that are not its predecessor's.
+    """
+    end = stages[-1].end_step
+    if config.stage is not None:
+        stage = stages[config.stage - 1]
+        if step < stage.first_step:
+            raise TrainConfigError(
+                f"stage: stage {stage.number} starts at step {stage.first_step}, but the run stands at step {step}"
+                f" (stage {stage_at(stages, step).number}): run the stages before it first, or the whole plan"
+            )
+        end = stage.end_step
+    return min(end, config.max_steps) if config.max_steps is not None else end
+
+
+def write_plan_progress(run_dir: Path, stages: Sequence[Stage], step: int) -> None:
+    """``plan.json``: the stages and where the run stands, beside the checkpoint it describes."""
+    current = stage_at(stages, step)
+    progress = {
+        "step": step,
+        "stage": current.number,
+        "stages": len(stages),
+        "done": step >= stages[-1].end_step,
+        "plan": [dataclasses.asdict(stage) for stage in stages],
+    }
+    atomic_write_text(run_dir / PLAN_PROGRESS, json.dumps(progress, indent=2) + "\n")
 
 
 def time_is_up(max_seconds: float | None, started: float, ddp: Distributed, device: torch.device) -> bool:
@@ -196,10 +264,11 @@ def check_architecture(config: TrainConfig, payload: dict[str, Any], source: Pat
 
 def check_data_order(config: TrainConfig, saved: dict[str, Any], source: Path) -> None:
     """Refuse to resume a run on other data: its step and data position would mean nothing there."""
+    current = config.to_dict()
     for key in DATA_ORDER_KEYS:
-        if saved.get(key) != getattr(config, key):
+        if saved.get(key) != current[key]:
             raise TrainConfigError(
-                f"{key}: resuming {source}, trained with {saved.get(key)!r}, not {getattr(config, key)!r};"
+                f"{key}: resuming {source}, trained with {saved.get(key)!r}, not {current[key]!r};"
                 " to train on other data start a new run_name with init_from"
             )
 
@@ -272,6 +341,8 @@ class TrainResult:
     run_dir: Path
     metrics: dict[str, Any]
     state: TrainState
+    plan_progress: str | None = None
+    """With a plan: where the run stands in it, e.g. ``stage 2 of 6 (subset 2), done``."""
 
 
 def _initial_state(
@@ -355,25 +426,35 @@ def _train(
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     layout = read_layout(Path(config.data_root), config.shards)
-    dataset = TrainingSet(layout, config.shards, config.skip_grayscale, config.tokenizer)
-    loader = BatchLoader(
-        dataset,
-        state.index,
-        config.batch_size,
-        config.seed,
-        start=state.position,
-        rank=ddp.rank,
-        world_size=ddp.world_size,
-        pin_device=device if device.type == "cuda" else None,
-        prefetch=config.prefetch,
-    )
+    stages, datasets = training_stages(config, layout, ddp.world_size)
+    steps = final_step(config, stages, state.step)
+
+    def open_loader(stage: Stage) -> BatchLoader:
+        """The stage's stream of batches: from its first epoch, or where a resumed run stopped inside it."""
+        start = state.position if state.step > stage.first_step else Position(stage.first_epoch, 0)
+        if config.plan is not None and ddp.is_main:
+            logger.info(
+                "stage %d of %d: subset %d (shards %s), epochs %d … %d, steps %d … %d, from step %d",
+                stage.number, len(stages), stage.subset, list(stage.shards), stage.first_epoch,
+                stage.first_epoch + config.plan.epochs_per_stage, stage.first_step, stage.end_step, state.step,
+            )  # fmt: skip
+        return BatchLoader(
+            datasets[stage.subset],
+            state.index,
+            config.batch_size,
+            config.seed,
+            start=start,
+            rank=ddp.rank,
+            world_size=ddp.world_size,
+            pin_device=device if device.type == "cuda" else None,
+            prefetch=config.prefetch,
+        )
+
     snapshots = None
     if ddp.is_main and config.snapshot_every > 0:
         photos = snapshot_photos(layout.paths, config.holdout_shard, config.shards, config.tokenizer)
         snapshots = SnapshotWriter(photos, state.ema, state.index, config.image_size, run_dir)
-    with loader, TensorBoard.open(config, ddp, state.step) as board:
-        steps = total_steps(config, loader.batches_per_epoch)
-        samples_per_epoch = loader.batches_per_epoch * config.batch_size * ddp.world_size
+    with contextlib.ExitStack() as open_loaders, TensorBoard.open(config, ddp, state.step) as board:
         on_cuda = device.type == "cuda"
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda and config.bf16 else contextlib.nullcontext()
         generator = torch.compile(state.generator) if config.compile else state.generator
@@ -382,9 +463,15 @@ def _train(
         started = last_log = time.perf_counter()
         images_since_log = 0
         last_gp: dict[str, torch.Tensor] = {}
+        stage, loader = None, None
 
         out_of_time = False
         while state.step < steps and not out_of_time:
+            if stage is None or state.step >= stage.end_step:
+                open_loaders.close()  # the previous stage's reader thread, if any
+                stage = stage_at(stages, state.step)
+                loader = open_loaders.enter_context(open_loader(stage))
+                samples_per_epoch = loader.batches_per_epoch * config.batch_size * ddp.world_size
             adversarial = state.step >= config.l1_warmup_steps
             stats_d: dict[str, torch.Tensor] = {}
             batches = config.n_critic if adversarial else 1  # the warm-up's step trains the generator only
@@ -415,10 +502,12 @@ def _train(
 
             out_of_time = time_is_up(config.max_seconds, started, ddp, device)
             last = state.step == steps or out_of_time
-            if state.step % config.log_every == 0 or last:
+            stage_ends = state.step == stage.end_step  # checkpointed, so the next stage starts from its weights
+            if state.step % config.log_every == 0 or last or stage_ends:
                 now = time.perf_counter()
                 row = {
                     "step": state.step,
+                    **({"stage": stage.number, "subset": stage.subset} if config.plan is not None else {}),
                     "epoch": state.position.epoch + state.position.offset / samples_per_epoch,
                     **mean_over_ranks(stats_d | stats_g, ddp),
                     "images_per_s": images_since_log / (now - last_log),
@@ -432,17 +521,32 @@ def _train(
                     board.scalars(row)
                     if report is not None:
                         report(row)
-            if state.step % config.ckpt_every == 0 or last:
+            if state.step % config.ckpt_every == 0 or last or stage_ends:
                 rng = gather_rng_states(ddp)
                 if ddp.is_main:
                     save_checkpoint(run_dir, checkpoint_payload(state, config, rng), config.keep_checkpoints)
+                    if config.plan is not None:
+                        write_plan_progress(run_dir, stages, state.step)
             if snapshots is not None and (state.step % config.snapshot_every == 0 or last):
                 board.image(snapshots.write(state.step), state.step)
 
     if ddp.enabled:
-        dist.barrier()
+        check_ranks_agree(state, ddp)
+        dist.barrier()  # rank 0's metrics and checkpoint are written: every rank reads the same run
+        if not ddp.is_main:
+            rows = read_metrics(run_dir / METRICS, state.step)
+    progress = None
+    if config.plan is not None:
+        current = stage_at(stages, max(state.step - 1, 0))  # the stage the last trained step belongs to
+        finished = "done" if state.step >= current.end_step else f"at step {state.step} of {current.end_step}"
+        progress = f"stage {current.number} of {len(stages)} (subset {current.subset}), {finished}"
     return TrainResult(
-        step=state.step, checkpoint=run_dir / LATEST, run_dir=run_dir, metrics=rows[-1] if rows else {}, state=state
+        step=state.step,
+        checkpoint=run_dir / LATEST,
+        run_dir=run_dir,
+        metrics=rows[-1] if rows else {},
+        state=state,
+        plan_progress=progress,
     )
 
 
@@ -458,6 +562,7 @@ def summary(result: TrainResult) -> dict[str, Any]:
         "steps": result.step,
         "checkpoint": str(result.checkpoint),
         "run_dir": str(result.run_dir),
+        **({"plan_progress": result.plan_progress} if result.plan_progress else {}),
         **{key: value for key, value in result.metrics.items() if key != "step"},
     }
 
@@ -476,9 +581,15 @@ def pipes_metadata(result: TrainResult) -> dict[str, Any]:
     }
 
 
-def torchrun_command(gpus: int, argv: Sequence[str]) -> list[str]:
-    """This entry point under torchrun on one machine, ``gpus`` processes (``--standalone`` rendezvous)."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}"]
+def torchrun_command(config: TrainConfig, argv: Sequence[str]) -> list[str]:
+    """This entry point under torchrun: ``gpus`` processes on this machine, and with ``nnodes`` above 1 the
+    c10d rendezvous that joins the machines (else ``--standalone``)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={config.gpus}"]
+    if config.nnodes == 1:
+        launcher.insert(3, "--standalone")
+    else:
+        rendezvous = f"--rdzv-endpoint={config.rdzv_endpoint}", f"--rdzv-id={config.rdzv_id or config.run_name}"
+        launcher += [f"--nnodes={config.nnodes}", "--rdzv-backend=c10d", *rendezvous]
     return [*launcher, "-m", "model.train", *argv]
 
 
@@ -489,13 +600,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        gpus = read_train_config(args.config, args.overrides).gpus
+        launch = read_train_config(args.config, args.overrides)
     except TrainConfigError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
-    if gpus > 1 and "RANK" not in os.environ:
+    if (launch.gpus > 1 or launch.nnodes > 1) and "RANK" not in os.environ:
         # One process per GPU: torchrun starts them with this same command line and waits for them.
-        os.execv(sys.executable, torchrun_command(gpus, sys.argv[1:] if argv is None else list(argv)))
-    if PipesEnvVarParamsLoader().is_dagster_pipes_process() and distributed_from_env().is_main:
+        os.execv(sys.executable, torchrun_command(launch, sys.argv[1:] if argv is None else list(argv)))
+    # The machine Dagster started reports, from its first process: with several machines, global rank 0 (which
+    # the rendezvous may place on another one) logs the rows, and the shared run directory has them for all.
+    if PipesEnvVarParamsLoader().is_dagster_pipes_process() and os.environ.get("LOCAL_RANK", "0") == "0":
         with open_dagster_pipes() as pipes:
             config = load_train_config(args.config, args.overrides)
             pipes.log.info(f"training {config.run_name} on {config.data_root}, shards {config.shards}")

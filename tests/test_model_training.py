@@ -128,6 +128,17 @@ def tiny_config(dataset: Path, run_dir: Path, **changes: Any) -> TrainConfig:
         (["no_equals_sign"], "no_equals_sign"),
         (["snapshot_every=-1"], "snapshot_every"),
         (["tensorboard=maybe"], "tensorboard"),
+        (["plan={stages: 0}"], "plan.stages"),
+        (["plan={epochs_per_stage: 0}"], "plan.epochs_per_stage"),
+        (["plan={subsets: [[0, 2]]}"], "plan.subsets"),
+        (["plan={subsets: [[0], [7]]}"], "plan.subsets"),
+        (["plan={subsets: 3}"], "plan.subsets"),
+        (["plan={subsets: [[0], []]}"], "plan.subsets"),
+        (["plan={stagez: 2}"], "plan"),
+        (["stage=1"], "stage"),
+        (["nnodes=2"], "rdzv_endpoint"),
+        (["nnodes=0"], "nnodes"),
+        (["plan={stages: 2}", "stage=3"], "stage"),
     ],
 )
 def test_config_errors_name_the_key(dataset: Path, tmp_path: Path, overrides: list[str], key: str) -> None:
@@ -553,8 +564,13 @@ def test_a_launch_that_disagrees_with_gpus_is_refused(
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     with pytest.raises(TrainConfigError, match=r"asks for 1 process\(es\) per machine, torchrun started 2"):
         train(tiny_config(dataset, tmp_path, max_steps=1))
-    assert torchrun_command(4, ["--config", "x.yaml"])[2:] == [
+    assert torchrun_command(TrainConfig(gpus=4), ["--config", "x.yaml"])[2:] == [
         "torch.distributed.run", "--standalone", "--nproc-per-node=4", "-m", "model.train", "--config", "x.yaml"
+    ]  # fmt: skip
+    nodes = TrainConfig(gpus=8, nnodes=4, rdzv_endpoint="node0:29400", run_name="big")
+    assert torchrun_command(nodes, [])[2:] == [
+        "torch.distributed.run", "--nproc-per-node=8", "--nnodes=4", "--rdzv-backend=c10d",
+        "--rdzv-endpoint=node0:29400", "--rdzv-id=big", "-m", "model.train",
     ]  # fmt: skip
 
 
@@ -653,3 +669,85 @@ def test_the_word_tokenizer_trains_and_its_checkpoint_carries_the_vocabulary(
         train(tiny_config(root, tmp_path, max_steps=3, resume=True))
     with pytest.raises(TrainConfigError, match="tokenizer: must be one of"):
         train(tiny_config(root, tmp_path, tokenizer="bpe"))
+
+
+PLAN = {"subsets": 2, "stages": 3, "epochs_per_stage": 3}
+"""Three stages over the two training shards (one subset each): 22 eligible photos a shard make 5 batches of 4
+an epoch, so 3 epochs are 3 steps of 5 critic batches; stages 1 and 3 train on shard 0, stage 2 on shard 1."""
+
+
+def test_a_staged_plan_killed_inside_stage_2_resumes_to_the_uninterrupted_weights(
+    dataset: Path, tmp_path: Path
+) -> None:
+    full = train(tiny_config(dataset, tmp_path, run_name="full", plan=PLAN))
+    assert full.step == 9 and full.plan_progress == "stage 3 of 3 (subset 1), done"
+    metrics = pd.read_parquet(full.run_dir / "metrics.parquet")
+    assert metrics["stage"].tolist() == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert metrics["subset"].tolist() == [1, 1, 1, 2, 2, 2, 1, 1, 1]
+    assert metrics["epoch"].tolist() == list(range(1, 10)), "a step is an epoch; stage k starts at epoch 3(k-1)"
+    progress = json.loads((full.run_dir / "plan.json").read_text())
+    assert (progress["stage"], progress["stages"], progress["done"]) == (3, 3, True)
+    assert [stage["shards"] for stage in progress["plan"]] == [[0], [1], [0]]
+    assert yaml.safe_load((full.run_dir / "config.yaml").read_text())["plan"]["subsets"] == [[0], [1]]
+
+    def kill_at_step_5(row: dict[str, Any]) -> None:
+        if row["step"] == 5:
+            raise Killed
+
+    killed = tiny_config(dataset, tmp_path, run_name="killed", plan=PLAN, resume=True)
+    with pytest.raises(Killed):
+        train(killed, report=kill_at_step_5)
+    assert load_checkpoint(tmp_path / "killed" / "latest.pt")["step"] == 4, "killed inside stage 2 (steps 4-6)"
+    assert json.loads((tmp_path / "killed" / "plan.json").read_text())["stage"] == 2
+    resumed = train(killed)
+    expected, actual = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
+    keys = ("generator", "critic", "ema", "opt_g", "opt_d", "rng", "token_index")
+    expected_tensors, actual_tensors = _tensors(expected, keys), _tensors(actual, keys)
+    assert expected_tensors.keys() == actual_tensors.keys()
+    for name, tensor in expected_tensors.items():
+        assert torch.equal(tensor, actual_tensors[name]), name
+    losses = ["step", "stage", "subset", "epoch", "critic_loss", "generator_loss", "l1"]
+    pd.testing.assert_frame_equal(metrics[losses], pd.read_parquet(resumed.run_dir / "metrics.parquet")[losses])
+
+
+def test_stage_by_stage_is_the_whole_plan_and_a_stage_never_skips_ahead(dataset: Path, tmp_path: Path) -> None:
+    whole = train(tiny_config(dataset, tmp_path, run_name="whole", plan=PLAN))
+    staged = tiny_config(dataset, tmp_path, run_name="staged", plan=PLAN, resume=True)
+    with pytest.raises(TrainConfigError, match=r"^stage: stage 2 starts at step 3, but the run stands at step 0"):
+        train(replace(staged, stage=2))
+    assert not (tmp_path / "staged" / "latest.pt").exists(), "refused before any work"
+    first = train(replace(staged, stage=1))
+    assert (first.step, first.plan_progress) == (3, "stage 1 of 3 (subset 1), done")
+    with pytest.raises(TrainConfigError, match=r"^stage: stage 3 starts at step 6, but the run stands at step 3"):
+        train(replace(staged, stage=3))
+    assert train(replace(staged, stage=2)).step == 6
+    assert train(replace(staged, stage=2)).step == 6, "a stage already trained is not trained again"
+    last = train(staged)
+    assert last.step == 9
+    expected, actual = load_checkpoint(whole.checkpoint), load_checkpoint(last.checkpoint)
+    for name, tensor in _tensors(expected, ("generator", "critic", "ema", "opt_g", "opt_d")).items():
+        assert torch.equal(tensor, _tensors(actual, ("generator", "critic", "ema", "opt_g", "opt_d"))[name]), name
+    with pytest.raises(TrainConfigError, match=r"^plan: resuming"):
+        train(replace(staged, plan=PLAN | {"stages": 4}))
+
+
+def test_two_machines_meet_through_c10d_and_end_with_equal_weights(dataset: Path, tmp_path: Path) -> None:
+    """Two "machines" on 127.0.0.1, each one `python -m model.train` with nnodes=2: torchrun's c10d rendezvous
+    joins them into one gloo job of two processes, which trains and checks that both hold rank 0's weights."""
+    config = tiny_config(dataset, tmp_path, max_steps=3, n_critic=2, snapshot_every=0, tensorboard=False)
+    preset = tmp_path / "two_nodes.yaml"
+    preset.write_text(yaml.safe_dump(config.to_dict()))
+    overrides = ["nnodes=2", f"rdzv_endpoint=127.0.0.1:{_free_port()}", "rdzv_id=two-nodes"]
+    command = [sys.executable, "-m", "model.train", "--config", str(preset), *overrides]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    machines = [
+        subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = [machine.communicate(timeout=300)[0] for machine in machines]
+    for machine, output in zip(machines, outputs, strict=True):
+        assert machine.returncode == 0, output[-4000:]
+    joined = "\n".join(outputs)
+    assert "rank 0 of 2: weights equal to rank 0's" in joined and "rank 1 of 2: weights equal to rank 0's" in joined
+    saved = load_checkpoint(tmp_path / "run" / "latest.pt")
+    assert saved["step"] == 3 and len(saved["rng"]) == 2, "one RNG state per process of the two machines"
