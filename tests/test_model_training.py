@@ -672,32 +672,40 @@ def test_the_word_tokenizer_trains_and_its_checkpoint_carries_the_vocabulary(
 
 
 PLAN = {"subsets": 2, "stages": 3, "epochs_per_stage": 3}
-"""Three stages over the two training shards (one subset each): 22 eligible photos a shard make 5 batches of 4
-an epoch, so 3 epochs are 3 steps of 5 critic batches; stages 1 and 3 train on shard 0, stage 2 on shard 1."""
+"""Three stages over the two training shards (one subset each): stages 1 and 3 train on shard 0, stage 2 on
+shard 1; with 22 eligible photos a shard, 5 batches of 4 an epoch, 3 epochs are 3 steps of 5 critic batches."""
 
 
-def test_a_staged_plan_killed_inside_stage_2_resumes_to_the_uninterrupted_weights(
-    dataset: Path, tmp_path: Path
+def test_a_staged_plan_on_the_sample_killed_inside_stage_2_resumes_to_the_uninterrupted_weights(
+    vocabulary_dir: Path, tmp_path: Path
 ) -> None:
-    full = train(tiny_config(dataset, tmp_path, run_name="full", plan=PLAN))
-    assert full.step == 9 and full.plan_progress == "stage 3 of 3 (subset 1), done"
-    metrics = pd.read_parquet(full.run_dir / "metrics.parquet")
-    assert metrics["stage"].tolist() == [1, 1, 1, 2, 2, 2, 3, 3, 3]
-    assert metrics["subset"].tolist() == [1, 1, 1, 2, 2, 2, 1, 1, 1]
-    assert metrics["epoch"].tolist() == list(range(1, 10)), "a step is an epoch; stage k starts at epoch 3(k-1)"
+    sample = sample_dataset(tmp_path / "sample", vocabulary_dir, n_images=72, shard_size=24, size=SIZE)
+    plan = {"subsets": 2, "stages": 3, "epochs_per_stage": 4}
+    full = train(tiny_config(sample, tmp_path, run_name="full", plan=plan, ckpt_every=1))
     progress = json.loads((full.run_dir / "plan.json").read_text())
+    stages = progress["plan"]
     assert (progress["stage"], progress["stages"], progress["done"]) == (3, 3, True)
-    assert [stage["shards"] for stage in progress["plan"]] == [[0], [1], [0]]
+    assert [stage["shards"] for stage in stages] == [[0], [1], [0]]
+    assert [stage["first_epoch"] for stage in stages] == [0, 4, 8]
+    assert full.step == stages[-1]["end_step"] and full.plan_progress == "stage 3 of 3 (subset 1), done"
+    metrics = pd.read_parquet(full.run_dir / "metrics.parquet")
+    expected_stage = [next(s["number"] for s in stages if step <= s["end_step"]) for step in metrics["step"]]
+    assert metrics["stage"].tolist() == expected_stage
+    assert metrics["subset"].tolist() == [(stage - 1) % 2 + 1 for stage in expected_stage]
     assert yaml.safe_load((full.run_dir / "config.yaml").read_text())["plan"]["subsets"] == [[0], [1]]
 
-    def kill_at_step_5(row: dict[str, Any]) -> None:
-        if row["step"] == 5:
+    second = stages[1]
+    assert second["end_step"] - second["first_step"] >= 3
+    kill_step = second["first_step"] + 2
+
+    def kill_inside_stage_2(row: dict[str, Any]) -> None:
+        if row["step"] == kill_step:
             raise Killed
 
-    killed = tiny_config(dataset, tmp_path, run_name="killed", plan=PLAN, resume=True)
+    killed = tiny_config(sample, tmp_path, run_name="killed", plan=plan, ckpt_every=1, resume=True)
     with pytest.raises(Killed):
-        train(killed, report=kill_at_step_5)
-    assert load_checkpoint(tmp_path / "killed" / "latest.pt")["step"] == 4, "killed inside stage 2 (steps 4-6)"
+        train(killed, report=kill_inside_stage_2)
+    assert load_checkpoint(tmp_path / "killed" / "latest.pt")["step"] == kill_step - 1, "inside stage 2"
     assert json.loads((tmp_path / "killed" / "plan.json").read_text())["stage"] == 2
     resumed = train(killed)
     expected, actual = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
@@ -706,8 +714,8 @@ def test_a_staged_plan_killed_inside_stage_2_resumes_to_the_uninterrupted_weight
     assert expected_tensors.keys() == actual_tensors.keys()
     for name, tensor in expected_tensors.items():
         assert torch.equal(tensor, actual_tensors[name]), name
-    losses = ["step", "stage", "subset", "epoch", "critic_loss", "generator_loss", "l1"]
-    pd.testing.assert_frame_equal(metrics[losses], pd.read_parquet(resumed.run_dir / "metrics.parquet")[losses])
+    columns = ["step", "stage", "subset", "epoch", "critic_loss", "generator_loss", "l1"]
+    pd.testing.assert_frame_equal(metrics[columns], pd.read_parquet(resumed.run_dir / "metrics.parquet")[columns])
 
 
 def test_stage_by_stage_is_the_whole_plan_and_a_stage_never_skips_ahead(dataset: Path, tmp_path: Path) -> None:
