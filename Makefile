@@ -8,7 +8,7 @@ DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 COLORIZER_CONFIG ?=
 LAUNCH = TAGCOLOR_DATA_DIR=$(DATA) DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dg launch
 
-.PHONY: setup instance demo docs dataset test lint dev
+.PHONY: setup instance demo docs dataset test lint dev gpu-check
 
 $(BIN)/dg: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ lint: setup
 test: lint
 	$(BIN)/dg check defs
 	$(BIN)/python -m pytest; code=$$?; if [ $$code -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$code
+
+# On a CUDA machine: training throughput, step split, memory and MFU of the 1-GPU MIRFLICKR-1M config (< 5 min).
+gpu-check: setup
+	$(BIN)/python benchmarks/gpu.py
 
 dev: setup instance
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dg dev

@@ -132,7 +132,7 @@ class TrainConfig:
     """A previous run's checkpoint: weights and token index only; optimizers and data position start fresh.
     Used when the run has no ``latest.pt`` of its own yet (with ``resume``, a restarted run continues)."""
     prefetch: int = 4
-    """Batches the loader thread prepares ahead of the training loop."""
+    """Batches the loader's reader threads keep in flight ahead of the training loop."""
 
     @property
     def run_dir(self) -> Path:

@@ -1,4 +1,4 @@
-"""Training data read in place: memory-mapped Lab shards and tag tokens, batched by a prefetching thread.
+"""Training data read in place: Lab shards read row by row from disk and tag tokens, batched by reader threads.
 
 The order of an epoch depends only on ``(seed, epoch)``, and a position in it is two integers, so a run can
 stop anywhere and resume on exactly the next batch. A batch travels as uint8 (one third of float's bytes) in
@@ -8,9 +8,11 @@ one copy to the device; scaling, flipping and resizing happen there.
 from __future__ import annotations
 
 import json
-import queue
-import threading
-from collections.abc import Sequence
+import os
+import weakref
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,7 +127,8 @@ def training_tokens(layout: DatasetLayout, holdout_shard: int, tokenizer: str = 
 class TrainingSet:
     """The eligible photos of the chosen shards: valid, and in colour when ``skip_grayscale``.
 
-    Nothing is loaded: shards and tokens stay memory-mapped and :meth:`gather` copies the rows a batch needs.
+    Nothing is loaded: :meth:`gather` reads the rows a batch needs from the shard files, and tokens stay
+    memory-mapped. The shards' memory maps only describe the files (shape, where the rows start).
     """
 
     def __init__(
@@ -154,15 +157,40 @@ class TrainingSet:
             rows = self.row[self.shard == s]
             if rows.size and rows.max() >= len(array):
                 raise DataError(f"images.parquet names row {rows.max()} of shard {s}, which has {len(array)}")
+            if not array.flags.c_contiguous:
+                raise DataError(f"shard {s} is stored in Fortran order; its photos must be contiguous rows")
+        self._row_bytes = int(np.prod(shape))
+        self._rows_start = {s: int(array.offset) for s, array in self.shards.items()}
+        self._files = {s: os.open(layout.paths.shard(s), os.O_RDONLY) for s in self.shards}
+        weakref.finalize(self, _close_files, tuple(self._files.values()))
+        if hasattr(os, "posix_fadvise"):  # not on macOS
+            for fd in self._files.values():
+                # Rows come in random order: read-ahead would only fetch neighbours (up to the disk's
+                # read_ahead_kb, megabytes on some) that the epoch wants much later, if at all.
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
 
     def __len__(self) -> int:
         return len(self.row)
 
     def gather(self, items: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Copy the photos ``items`` (indices into this set) into ``out``; return their raw token rows."""
+        """Read the photos ``items`` (indices into this set) into ``out`` (C-contiguous, ``(len(items), S, S, 3)``
+        uint8); return their raw token rows.
+
+        One ``pread`` a photo, straight into ``out``: one request for exactly the row's bytes, where a memory
+        map's page faults each read around the faulting page as far as the read-ahead goes; and a call that
+        releases the GIL, so that the loader's reader threads wait on the disk together.
+        """
         for j, item in enumerate(items):
-            out[j] = self.shards[int(self.shard[item])][self.row[item]]
+            shard, row = int(self.shard[item]), int(self.row[item])
+            offset = self._rows_start[shard] + row * self._row_bytes
+            if os.preadv(self._files[shard], [out[j]], offset) != self._row_bytes:
+                raise DataError(f"shard {shard} ends before its row {row}: the file changed after it was opened")
         return np.asarray(self.tokens[self.global_index[items]])
+
+
+def _close_files(files: tuple[int, ...]) -> None:
+    for fd in files:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -200,10 +228,13 @@ class Batch:
 
 
 class BatchLoader:
-    """An endless stream of batches from ``start`` on, prepared ``prefetch`` batches ahead by one thread.
+    """An endless stream of batches from ``start`` on, read ``prefetch`` batches ahead by ``readers`` threads.
 
-    With ``pin_device`` (a CUDA device) batches land in pinned memory, so the copy to that device can run
-    asynchronously; the thread pins on that device, not on GPU 0, which every rank would otherwise crowd.
+    Each thread reads whole batches, so up to ``min(readers, prefetch)`` of them wait on the disk at once, and
+    batches come out in the order of the plan whichever thread finishes first: the stream is the same for any
+    number of readers. With ``pin_device`` (a CUDA device) batches land in pinned memory, so the copy to that
+    device can run asynchronously; the threads pin on that device, not on GPU 0, which every rank would
+    otherwise crowd.
 
     Epoch ``e`` is ``epoch_plan(len(dataset), seed, e)`` cut into global batches of
     ``batch_size · world_size`` samples (the remainder is dropped); rank ``r`` takes the ``r``-th slice of
@@ -221,6 +252,7 @@ class BatchLoader:
         world_size: int = 1,
         pin_device: torch.device | None = None,
         prefetch: int = 4,
+        readers: int = 4,
     ) -> None:
         self.dataset, self.index, self.seed = dataset, index, seed
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
@@ -230,10 +262,28 @@ class BatchLoader:
             raise DataError(
                 f"batch_size {batch_size} × {world_size} process(es) exceeds the {len(dataset)} eligible images"
             )
-        self._queue: queue.Queue[HostBatch | BaseException] = queue.Queue(maxsize=prefetch)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, args=(start,), daemon=True, name="batch-loader")
-        self._thread.start()
+        self._pool = ThreadPoolExecutor(
+            readers,
+            thread_name_prefix="batch-reader",
+            initializer=torch.cuda.set_device if pin_device is not None else None,
+            initargs=(pin_device,) if pin_device is not None else (),
+        )
+        self._plan = self._batches(start)
+        self._pending: deque[Future[HostBatch]] = deque()
+        for _ in range(prefetch):
+            self._submit()
+
+    def _batches(self, start: Position) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+        """``(epoch, batch, permutation, flips)`` for every batch from ``start`` on."""
+        epoch, batch = start.epoch, start.offset // (self.batch_size * self.world_size)
+        while True:
+            perm, flips = epoch_plan(len(self.dataset), self.seed, epoch)
+            for index in range(batch, self.batches_per_epoch):
+                yield epoch, index, perm, flips
+            epoch, batch = epoch + 1, 0
+
+    def _submit(self) -> None:
+        self._pending.append(self._pool.submit(self._read, *next(self._plan)))
 
     def _read(self, epoch: int, batch: int, perm: np.ndarray, flips: np.ndarray) -> HostBatch:
         span = self.batch_size * self.world_size
@@ -250,43 +300,20 @@ class BatchLoader:
             flip, tokens = flip.pin_memory(), tokens.pin_memory()
         return HostBatch(lab=lab, flip=flip, tokens=tokens, position=after)
 
-    def _produce(self, start: Position) -> None:
-        epoch, batch = start.epoch, start.offset // (self.batch_size * self.world_size)
-        try:
-            if self.pin_device is not None:
-                torch.cuda.set_device(self.pin_device)
-            while not self._stop.is_set():
-                perm, flips = epoch_plan(len(self.dataset), self.seed, epoch)
-                for index in range(batch, self.batches_per_epoch):
-                    if not self._put(self._read(epoch, index, perm, flips)):
-                        return
-                epoch, batch = epoch + 1, 0
-        except BaseException as error:
-            self._put(error)
-
-    def _put(self, item: HostBatch | BaseException) -> bool:
-        """Block until there is room or the loader is closed; False when closed."""
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
     def __iter__(self) -> BatchLoader:
         return self
 
     def __next__(self) -> HostBatch:
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            raise DataError(f"the batch loader failed: {item}") from item
-        return item
+        future = self._pending.popleft()
+        self._submit()
+        try:
+            return future.result()
+        except Exception as error:
+            raise DataError(f"the batch loader failed: {error}") from error
 
     def close(self) -> None:
-        """Stop the thread; batches already prepared are dropped."""
-        self._stop.set()
-        self._thread.join()
+        """Stop the threads once their current batch is read; batches already prepared are dropped."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> BatchLoader:
         return self
