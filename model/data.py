@@ -227,6 +227,18 @@ class Batch:
     position: Position
 
 
+def batches_per_epoch(n_images: int, batch_size: int, world_size: int = 1, of: str = "") -> int:
+    """Global batches of ``batch_size · world_size`` samples in an epoch of ``n_images`` (the remainder is
+    dropped); none is an error, naming ``of`` (what the images are) where given."""
+    batches = n_images // (batch_size * world_size)
+    if batches == 0:
+        raise DataError(
+            f"batch_size {batch_size} × {world_size} process(es) exceeds the {n_images} eligible images"
+            + (f" of {of}" if of else "")
+        )
+    return batches
+
+
 class BatchLoader:
     """An endless stream of batches from ``start`` on, read ``prefetch`` batches ahead by ``readers`` threads.
 
@@ -257,11 +269,7 @@ class BatchLoader:
         self.dataset, self.index, self.seed = dataset, index, seed
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.pin_device = pin_device
-        self.batches_per_epoch = len(dataset) // (batch_size * world_size)
-        if self.batches_per_epoch == 0:
-            raise DataError(
-                f"batch_size {batch_size} × {world_size} process(es) exceeds the {len(dataset)} eligible images"
-            )
+        self.batches_per_epoch = batches_per_epoch(len(dataset), batch_size, world_size)
         self._pool = ThreadPoolExecutor(
             readers,
             thread_name_prefix="batch-reader",

@@ -56,7 +56,16 @@ from model.config import (
     validate_train_config,
 )
 from model.curves import CURVES_NAME, plot_curves
-from model.data import BatchLoader, Position, TokenIndex, TrainingSet, dataset_words, to_device, training_tokens
+from model.data import (
+    BatchLoader,
+    Position,
+    TokenIndex,
+    TrainingSet,
+    batches_per_epoch,
+    dataset_words,
+    to_device,
+    training_tokens,
+)
 from model.losses import LossWeights, critic_loss, generator_loss
 from model.plan import PlanError, Stage, TrainingPlan, plan_stages, stage_at
 from model.snapshots import SnapshotWriter, latest_snapshot, snapshot_photos
@@ -176,14 +185,10 @@ def training_stages(
         number: TrainingSet(layout, subset, config.skip_grayscale, config.tokenizer)
         for number, subset in enumerate(subsets, start=1)
     }
-    # The loader cuts an epoch into global batches of batch_size × world_size samples, the remainder dropped.
-    batches = [len(datasets[number]) // (config.batch_size * world_size) for number in datasets]
-    for number, count in zip(datasets, batches, strict=True):
-        if count == 0:
-            raise DataError(
-                f"batch_size {config.batch_size} × {world_size} process(es) exceeds the {len(datasets[number])}"
-                f" eligible images of {'subset ' + str(number) if config.plan else 'the training shards'}"
-            )
+    batches = [
+        batches_per_epoch(len(data), config.batch_size, world_size, f"subset {number}" if config.plan else "")
+        for number, data in datasets.items()
+    ]
     try:
         stages = plan_stages(
             plan, subsets, batches, config.n_critic, "plan.epochs_per_stage" if config.plan else "epochs"
