@@ -30,7 +30,7 @@ from model.inference import Colorizer
 from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb, rgb_to_lab_u8
 from pipeline.core.contract import WORDS_PER_IMAGE
 from pipeline.core.files import atomic_path
-from pipeline.core.photos import srgb_pixels
+from pipeline.core.photos import center_square, srgb_pixels
 from pipeline.core.render import CollageRow, render_collage
 from pipeline.core.vocabulary import (
     VocabularyError,
@@ -138,14 +138,6 @@ def output_path(image: Path, out_dir: Path | None, tag_set: int | None = None) -
     beside the photo."""
     stem = f"{image.stem}{SUFFIX}" if tag_set is None else f"{image.stem}_color_{tag_set}.png"
     return (out_dir or image.parent) / stem
-
-
-def center_square(rgb: np.ndarray) -> np.ndarray:
-    """The largest centred square of a photo, for the grid's square tiles."""
-    height, width = rgb.shape[:2]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    return rgb[top : top + side, left : left + side]
 
 
 def grey_rgb(rgb: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ import torch
 import yaml
 from PIL import Image
 
-from model.colorize import center_square, parse_tags, tag_ids
+from model.colorize import parse_tags, tag_ids
 from model.data import checkpoint_ids, tokens_file
 from model.fid import GaussianMoments, MetricUnavailable, frechet_distance, inception_features, lpips_distance
 from model.inference import Colorizer
@@ -44,7 +44,7 @@ from model.metrics import ImageMetrics, Reference, image_metrics
 from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb, rgb_to_lab_u8
 from pipeline.core.files import atomic_write_text
 from pipeline.core.layout import DataError, DatasetPaths, read_layout
-from pipeline.core.photos import srgb_pixels
+from pipeline.core.photos import center_square, srgb_pixels
 from pipeline.core.render import CollageRow, Markdown, preview_markdown, render_collage
 
 CONDITIONS = ("tags", "pad", "shuffled")

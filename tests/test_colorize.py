@@ -15,7 +15,6 @@ from model.colorize import (
     GRID_NAME,
     GRID_TILE,
     SUFFIX,
-    center_square,
     colorize_image,
     main,
     parse_tags,
@@ -25,6 +24,7 @@ from model.colorize import (
 from model.inference import Colorizer
 from pipeline.core.color import rgb_to_lab_u8
 from pipeline.core.contract import PAD_ID, TOKENS_PER_IMAGE
+from pipeline.core.photos import center_square
 from pipeline.core.render import CollageLayout
 from pipeline.core.vocabulary import encode_tags, load_tag_encoding, tag_text
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import re
 import shutil
 import time
+import types
 import zipfile
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from pipeline.convert import (
     shard_tag_counts,
 )
 from pipeline.core.color import colorfulness
-from pipeline.core.layout import DatasetPaths, read_images_table
+from pipeline.core.layout import DataError, DatasetPaths, read_images_table
 from pipeline.core.vocabulary import load_tag_encoding
 from pipeline.datasets import DatasetSpec, load_dataset_spec
 from pipeline.sources import base
@@ -73,9 +75,9 @@ def toned(seed: int, cast: tuple[float, float, float], gain: tuple[float, float,
     return np.clip(grey * np.array(gain) + np.array(cast) + noise, 0, 255).astype(np.uint8)
 
 
-def encoded(image: Image.Image, fmt: str = "JPEG") -> bytes:
+def encoded(image: Image.Image, fmt: str = "JPEG", **options: object) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    image.save(buffer, fmt, **({"quality": 90} if fmt == "JPEG" else {}), **options)
     return buffer.getvalue()
 
 
@@ -117,30 +119,32 @@ def convert_one(spec: DatasetSpec, paths: DatasetPaths, shard: int, vocabulary_d
     return convert_shard(spec, paths, shard, counts)
 
 
-def reference_lab(data: bytes, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """RGB and Lab of a photo computed without pipeline code: OpenCV decode, then :func:`square_lab`."""
+def reference_lab(
+    data: bytes, size: int = SIZE, interpolation: int = cv2.INTER_LINEAR
+) -> tuple[np.ndarray, np.ndarray]:
+    """RGB and Lab of a photo computed without pipeline code: OpenCV full-size decode, then :func:`square_lab`."""
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    return square_lab(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)
+    return square_lab(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size, interpolation)
 
 
-def square_lab(rgb: np.ndarray, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """NumPy center crop, Pillow box resize of the crop alone, OpenCV Lab."""
+def square_lab(
+    rgb: np.ndarray, size: int = SIZE, interpolation: int = cv2.INTER_LINEAR
+) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy center crop, OpenCV resize of the crop alone (bilinear: the conversion's filter up to 2×), OpenCV Lab."""
     height, width = rgb.shape[:2]
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
-    square = np.asarray(Image.fromarray(rgb[top : top + side, left : left + side]).resize((size, size), Image.BOX))
+    crop = np.ascontiguousarray(rgb[top : top + side, left : left + side])
+    square = cv2.resize(crop, (size, size), interpolation=interpolation)
     return square, cv2.cvtColor(square, cv2.COLOR_RGB2LAB)
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory, vocabulary_dir: Path) -> tuple[DatasetPaths, list[ShardResult]]:
-    """The test archives, every shard converted in this process with 2-row windows (so rows cross windows)."""
+    """The test archives, every shard converted in this process."""
     paths = DatasetPaths(tmp_path_factory.mktemp("convert") / "sample")
     write_raw(paths, photos())
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(convert, "WINDOW_ROWS", 2)
-        results = [convert_one(SPEC, paths, shard, vocabulary_dir) for shard in range(SPEC.n_shards)]
-    return paths, results
+    return paths, [convert_one(SPEC, paths, shard, vocabulary_dir) for shard in range(SPEC.n_shards)]
 
 
 def row_of(paths: DatasetPaths, image_id: int) -> np.ndarray:
@@ -162,7 +166,7 @@ def test_large_photo_is_decoded_reduced_but_close(dataset: tuple[DatasetPaths, l
     decoded = decode_to_lab(photos()[LARGE], SIZE)
     assert (decoded.width, decoded.height, decoded.format) == (300, 200, "JPEG")
     np.testing.assert_array_equal(row_of(paths, LARGE), decoded.lab)
-    _, full = reference_lab(photos()[LARGE])
+    _, full = reference_lab(photos()[LARGE], interpolation=cv2.INTER_AREA)  # every pixel, exact area average
     assert not np.array_equal(decoded.lab, full), "a 300×200 photo should be DCT-scaled for a 32² target"
     assert np.abs(decoded.lab.astype(int) - full).mean() <= 1.5
 
@@ -256,6 +260,25 @@ def test_decode_to_lab_edge_cases(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(PhotoUnavailable) as error:
         decode_to_lab(photos()[SMALL], SIZE)
     assert error.value.reason == "too_large"
+
+
+def test_a_scan_broken_by_a_stray_marker_is_refused() -> None:
+    """OpenCV alone fills the rest of such a scan with grey and returns it; the photo is refused instead, as
+    Pillow's decoder refuses it, while intact photos (one scan or progressive) decode to Pillow's pixels."""
+    whole = encoded(Image.fromarray(picture(11, 96, 64)))
+    scan = whole.index(b"\xff\xda")  # no EXIF thumbnail here: the first scan marker is the photo's
+    middle = (scan + len(whole)) // 2
+    broken = whole[:middle] + b"\xff\x3c\x00\x04\x12\x34" + whole[middle:]
+    assert cv2.imdecode(np.frombuffer(broken, np.uint8), cv2.IMREAD_COLOR_RGB) is not None
+    with pytest.raises(OSError), Image.open(io.BytesIO(broken)) as image:
+        image.load()
+    with pytest.raises(PhotoUnavailable) as error:
+        decode_to_lab(broken, 64)
+    assert error.value.reason == "undecodable" and (error.value.width, error.value.height) == (96, 64)
+    for intact in (whole, encoded(Image.fromarray(picture(11, 96, 64)), progressive=True)):
+        with Image.open(io.BytesIO(intact)) as image:
+            pillow = np.asarray(image.crop((16, 0, 80, 64)))
+        np.testing.assert_array_equal(decode_to_lab(intact, 64).rgb, pillow)
 
 
 def test_unsafe_members_are_counted_never_read(
@@ -409,24 +432,52 @@ def test_missing_inputs_are_named(tmp_path: Path, vocabulary_dir: Path) -> None:
     assert listing(paths) == ["images.parquet/000.parquet", "shards/lab_000.npy"], "shard 0 kept, nothing half made"
 
 
-def test_shard_is_mapped_a_window_at_a_time(
+def test_a_disk_too_small_is_refused_before_anything_is_written(
     tmp_path: Path, vocabulary_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Memory stays bounded whatever the shard size: never more than WINDOW_ROWS rows are mapped."""
     paths = DatasetPaths(tmp_path / "sample")
     write_raw(paths, photos())
-    mapped: list[int] = []
-    original = np.memmap
+    monkeypatch.setattr(convert, "SHARD_SPACE_MARGIN", 1000)
+    need = 12 * SIZE * SIZE * 3 + 3 * 1000  # every row of the 3 shards, and their margins
+    free = need // 2
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: types.SimpleNamespace(free=free))
+    message = re.escape(f"{paths.shards}: 3 shard(s) of 12 photos need 39.9 kB of disk space and 19.9 kB is free; ")
+    with pytest.raises(DataError, match=f"^{message}"):
+        convert_shards(SPEC, paths, [0, 1, 2], vocabulary_dir, workers=1)
+    assert listing(paths) == [] and not paths.shards.exists()
+    free = need - 1
+    with pytest.raises(DataError):
+        convert_shards(SPEC, paths, [0, 1, 2], vocabulary_dir, workers=1)
+    free = need
+    assert [r.n_valid for r in convert_shards(SPEC, paths, [0, 1, 2], vocabulary_dir, workers=1)] == [5, 1, 2]
+    present = sum(paths.shard(shard).stat().st_blocks * 512 for shard in range(3))
+    assert 0 < present < need
+    free = need - present - 1
+    with pytest.raises(DataError):
+        convert_shards(SPEC, paths, [0, 1, 2], vocabulary_dir, workers=1)
+    free = need - present
+    assert len(convert_shards(SPEC, paths, [0, 1, 2], vocabulary_dir, workers=1)) == 3, "the files it replaces count"
 
-    def spy(*args: object, **kwargs: object) -> np.memmap:
-        array = original(*args, **kwargs)
-        mapped.append(len(array))
-        return array
 
-    monkeypatch.setattr(np, "memmap", spy)
-    monkeypatch.setattr(convert, "WINDOW_ROWS", 2)
-    convert_one(SPEC, paths, 0, vocabulary_dir)
-    assert mapped[1:] == [2, 2, 1], "the first mapping only writes the header"
+def test_rows_reach_the_file_as_they_are_converted(
+    tmp_path: Path, vocabulary_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory stays bounded whatever the shard size: nothing is mapped, and each photo's row is in the file
+    before the next photo is decoded."""
+    spec = dataclasses.replace(SPEC, image_size=64)  # rows larger than a file buffer: written through at once
+    paths = DatasetPaths(tmp_path / "sample")
+    write_raw(paths, photos())
+    rows_in_file: list[int] = []
+
+    def counting(data: bytes, size: int) -> convert.DecodedImage:
+        (shard,) = paths.shards.glob(".lab_000.npy.*.tmp.npy")
+        rows_in_file.append(int(np.load(shard).any(axis=(1, 2, 3)).sum()))
+        return decode_to_lab(data, size)
+
+    monkeypatch.setattr(np, "memmap", None)
+    monkeypatch.setattr(convert, "decode_to_lab", counting)
+    assert convert_one(spec, paths, 0, vocabulary_dir).n_valid == 5
+    assert rows_in_file == [0, 1, 2, 3, 4]
 
 
 def test_mirflickr25k_layout_reads_photos_and_tags_from_one_archive(tmp_path: Path, vocabulary_dir: Path) -> None:
@@ -507,6 +558,10 @@ def test_exif_orientation_turns_the_photo_upright() -> None:
     np.testing.assert_array_equal(turned.lab, expected.lab)
     assert (turned.width, turned.height, turned.rotated) == (40, 60, True)
     assert not expected.rotated
+    as_stored = decode_to_lab(encoded(Image.fromarray(stored)), SIZE)
+    turned = decode_to_lab(encoded(Image.fromarray(stored), exif=exif.tobytes()), SIZE)  # OpenCV decodes JPEGs
+    np.testing.assert_array_equal(turned.lab, np.rot90(as_stored.lab, k=-1), err_msg="turned once, not twice")
+    assert (turned.width, turned.height, turned.rotated) == (40, 60, True)
 
 
 def test_an_embedded_icc_profile_is_converted_to_srgb() -> None:
@@ -521,6 +576,8 @@ def test_an_embedded_icc_profile_is_converted_to_srgb() -> None:
     assert np.abs(same.rgb.astype(int) - plain.rgb).max() <= 6, "a profile close to sRGB keeps the colours"
     damaged = decode_to_lab(png(red, icc_profile=b"not a profile"), SIZE)
     assert not damaged.icc_converted and tuple(damaged.rgb[0, 0]) == (255, 0, 0), "taken as sRGB"
+    jpeg = decode_to_lab(encoded(red, icc_profile=swapped), SIZE)
+    assert jpeg.icc_converted and np.abs(jpeg.rgb.astype(int) - (0, 0, 255)).max() <= 6
 
 
 def test_heic_needs_pillow_heif() -> None:

@@ -1,10 +1,12 @@
 """Colour conversions in the contract's Lab encoding and the colourfulness measure.
 
 Lab is stored as OpenCV's 8-bit encoding: ``L·255/100``, ``a+128``, ``b+128`` (D65, sRGB). Networks see
-each channel scaled to [-1, 1]. NumPy only, so the pipeline and the model share one definition.
+each channel scaled to [-1, 1]. NumPy and OpenCV only, so the pipeline and the model share one definition.
 """
 
 from __future__ import annotations
+
+import math
 
 import cv2
 import numpy as np
@@ -49,17 +51,21 @@ def unit_to_ab(ab: np.ndarray) -> np.ndarray:
 
 
 def colorfulness(rgb: np.ndarray) -> np.ndarray | float:
-    """Hasler–Süsstrunk colourfulness of uint8 RGB ``(H, W, 3)`` or a batch ``(N, H, W, 3)``.
+    """Hasler–Süsstrunk colourfulness of uint8 RGB ``(H, W, 3)``, or of a batch ``(N, H, W, 3)`` (float32).
 
     ``sqrt(σ_rg² + σ_yb²) + 0.3·sqrt(μ_rg² + μ_yb²)`` with ``rg = R − G`` and ``yb = (R + G)/2 − B``;
-    0 for a grey image, about 100+ for very colourful ones.
+    0 for a grey image, about 100+ for very colourful ones. No opponent planes are formed: the means follow
+    from the channel means, and ``rg² + yb² = ¾(R − G)² + ½(R − B)² + ½(G − B)²`` sums from OpenCV's exact
+    norms of channel differences, in a quarter of the time of float planes (conversion pays it per photo).
     """
-    x = rgb.astype(np.float32)
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    rg = r - g
-    yb = 0.5 * (r + g) - b
-    axes = (-2, -1)
-    std = np.sqrt(rg.var(axis=axes) + yb.var(axis=axes))
-    mean = np.sqrt(rg.mean(axis=axes) ** 2 + yb.mean(axis=axes) ** 2)
-    value = std + 0.3 * mean
-    return float(value) if np.ndim(value) == 0 else value
+    if rgb.ndim != 3:
+        return np.array([colorfulness(image) for image in rgb], dtype=np.float32)
+    pixels = np.ascontiguousarray(rgb)
+    r, g, b = cv2.split(pixels)
+    mean_r, mean_g, mean_b, _ = cv2.mean(pixels)
+    mean_rg, mean_yb = mean_r - mean_g, (mean_r + mean_g) / 2 - mean_b
+    squares = 0.75 * cv2.norm(r, g, cv2.NORM_L2SQR) + 0.5 * (
+        cv2.norm(r, b, cv2.NORM_L2SQR) + cv2.norm(g, b, cv2.NORM_L2SQR)
+    )
+    variance = max(squares / r.size - mean_rg**2 - mean_yb**2, 0.0)  # a flat image's can round to just below 0
+    return math.sqrt(variance) + 0.3 * math.hypot(mean_rg, mean_yb)

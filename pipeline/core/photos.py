@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 
 import numpy as np
 from PIL import Image, ImageCms
@@ -57,6 +58,46 @@ def to_srgb(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, bool]:
     if transform is None:
         return image, False
     return ImageCms.applyTransform(image, transform), True
+
+
+def center_square(pixels: np.ndarray) -> np.ndarray:
+    """The largest centred square of a photo ``(H, W, …)``, a view: what conversion keeps and the grids show."""
+    height, width = pixels.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return pixels[top : top + side, left : left + side]
+
+
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+"""A JPEG marker inside or after a scan: ``FF`` followed by anything but ``00`` (a stuffed ``FF`` byte), ``FF``
+(fill before a marker) and ``D0``–``D7`` (restarts, part of the scan)."""
+
+
+def jpeg_scans_complete(data: bytes) -> bool:
+    """Whether each scan of the JPEG ``data`` runs into a marker that begins the next segment, and the segments
+    reach the end-of-image marker: what a decoder that stops at damage (Pillow's) needs to read it whole.
+
+    A decoder that only warns (OpenCV's) fills the rest of a scan broken by a stray marker with grey and returns
+    it. The segments are walked by their lengths, past the EXIF segment and its thumbnail; each scan is searched
+    for its end at C speed, about 2 % of the time of the decode.
+    """
+    size, at = len(data), 2  # after the start-of-image marker
+    while at + 1 < size and data[at] == 0xFF:
+        code = data[at + 1]
+        if code == 0xD9:
+            return True
+        if code == 0xFF or 0xD0 <= code <= 0xD7 or code == 0x01:  # fill byte or a marker without a length
+            at += 1 if code == 0xFF else 2
+            continue
+        if at + 4 > size:
+            return False
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+        if code == 0xDA:  # a scan: its entropy-coded data runs to the next marker
+            following = _NEXT_MARKER.search(data, at)
+            if following is None:
+                return False
+            at = following.start()
+    return False
 
 
 def flatten(image: Image.Image, keep_cmyk: bool) -> Image.Image:
