@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -598,6 +598,31 @@ def torchrun_command(config: TrainConfig, argv: Sequence[str]) -> list[str]:
     return [*launcher, "-m", "model.train", *argv]
 
 
+class _ForwardToPipes(logging.Handler):
+    """The trainer's own log records (stage boundaries, resume and rank notes) also as Dagster log events: they
+    would otherwise reach only the step's captured stderr."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        super().__init__(logging.INFO)
+        self._log = log
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name == "__main__" or record.name.split(".")[0] == "model"  # ``python -m model.train``
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._log.log(record.levelno, record.getMessage())
+
+
+@contextlib.contextmanager
+def _logs_forwarded_to(log: logging.Logger) -> Iterator[None]:
+    handler = _ForwardToPipes(log)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, help="YAML file of TrainConfig values")
@@ -614,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The machine Dagster started reports, from its first process: with several machines, global rank 0 (which
     # the rendezvous may place on another one) logs the rows, and the shared run directory has them for all.
     if PipesEnvVarParamsLoader().is_dagster_pipes_process() and os.environ.get("LOCAL_RANK", "0") == "0":
-        with open_dagster_pipes() as pipes:
+        with open_dagster_pipes() as pipes, _logs_forwarded_to(pipes.log):
             config = load_train_config(args.config, args.overrides)
             pipes.log.info(f"training {config.run_name} on {config.data_root}, shards {config.shards}")
             result = train(config, report=lambda row: pipes.log.info(format_row(row)))

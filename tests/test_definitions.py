@@ -7,6 +7,7 @@ import hashlib
 import shutil
 import warnings
 import zipfile
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -17,6 +18,7 @@ from pipeline.defs.definitions import build_definitions
 from pipeline.defs.factory import build_dataset_assets
 from pipeline.defs.resources import storage_from_environ
 from pipeline.defs.training import ColorizerConfig, train_config_path, training_command
+from tests.test_model_training import sample_dataset
 
 ASSETS = ("archives", "tags_archive", "lab_shards", "tag_tokens", "data_stats", "colorizer", "evaluation")
 
@@ -272,3 +274,28 @@ def test_loading_the_definitions_warns_of_nothing() -> None:
         warnings.simplefilter("always")
         build_definitions()
     assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+
+
+def test_a_staged_plan_through_dagster_logs_each_stage_and_reports_where_it_stands(
+    tmp_path, vocabulary_dir: Path
+) -> None:
+    sample_dataset(tmp_path / "sample", vocabulary_dir, n_images=72, shard_size=24, size=32)
+    key = dg.AssetKey(["sample", "colorizer"])
+    (asset,) = [a for a in build_dataset_assets(load_dataset_spec("sample")) if key in a.keys]
+    plan = "plan={subsets: 2, stages: 2, epochs_per_stage: 1}"
+    overrides = [plan, "image_size=32", "max_steps=null", "snapshot_every=0", "tensorboard=false"]
+    run_config = {"ops": {asset.op.name: {"config": {"train_config": "ci", "overrides": overrides}}}}
+    env = {"TAGCOLOR_DATA_DIR": str(tmp_path)}
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [asset],
+            resources={"storage": storage_from_environ(env), "pipes": dg.PipesSubprocessClient()},
+            run_config=run_config,
+            instance=instance,
+        )
+        messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    boundaries = [message for message in messages if message.startswith("stage ")]
+    assert [message.split(":")[0] for message in boundaries] == ["stage 1 of 2", "stage 2 of 2"]
+    assert "subset 2 (shards [1])" in boundaries[1]
+    (event,) = result.get_asset_materialization_events()
+    assert event.materialization.metadata["plan_progress"].value == "stage 2 of 2 (subset 2), done"
