@@ -44,9 +44,9 @@ BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0,
 """Dense bf16 tensor-core peaks (vendor data sheets, SXM parts); ``--peak-tflops`` for others."""
 
 
-def steps_per_second(config: TrainConfig, warmup: int) -> tuple[float, float]:
+def steps_per_second(config: TrainConfig, warmup: int) -> tuple[float, float | None]:
     """Train ``config`` and return its steps/s after ``warmup`` steps (compilation, cudnn autotuning) and the
-    peak GPU memory in GiB (0 on the CPU)."""
+    peak GPU memory in GiB (None on the CPU, where torch keeps no such count)."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     result = train(config)
@@ -54,7 +54,7 @@ def steps_per_second(config: TrainConfig, warmup: int) -> tuple[float, float]:
     timed = rows[rows["step"] > warmup]
     seconds = timed["elapsed_s"].iloc[-1] - rows[rows["step"] <= warmup]["elapsed_s"].iloc[-1]
     steps = timed["step"].iloc[-1] - warmup
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     return steps / seconds, peak
 
 
@@ -149,7 +149,8 @@ def main() -> None:
             per_s, peak = rates[compiled]
             print(
                 f"  compile {'on ' if compiled else 'off'}: {per_s:.3g} steps/s, "
-                f"{per_s * base.batch_size * base.n_critic:.3g} images/s, peak memory {peak:.1f} GiB"
+                f"{per_s * base.batch_size * base.n_critic:.3g} images/s, "
+                + (f"peak memory {peak:.1f} GiB" if peak is not None else "peak memory: only counted on a GPU")
             )
         no_gp, _ = steps_per_second(dataclasses.replace(base, run_name="no_gp", gp_every=10**9), args.warmup)
         alone, _ = steps_per_second(dataclasses.replace(base, run_name="g_alone", l1_warmup_steps=total), args.warmup)
