@@ -68,9 +68,10 @@ MANIFEST_SCHEMA = pa.schema(
 )
 
 
-def inside(path: Path, root: Path) -> bool:
-    """Whether ``path``, with every link followed, lies below ``root``."""
-    return path.resolve().is_relative_to(root.resolve())
+def inside(path: Path, real_root: Path) -> bool:
+    """Whether ``path``, with every link followed, lies below ``real_root`` (a folder already resolved: the
+    readers check every photo and sidecar, and resolve their folder once)."""
+    return path.resolve().is_relative_to(real_root)
 
 
 def file_sha1(path: Path) -> str:
@@ -95,13 +96,14 @@ def scan(root: Path) -> Found:
     linked file that leaves ``root`` is passed over (counted)."""
     photos: list[str] = []
     skipped = outside = 0
+    real_root = root.resolve()
     for folder, _, names in os.walk(root):  # followlinks=False: a linked directory is listed, never entered
         for name in names:
             path = Path(folder) / name
             relative = path.relative_to(root).as_posix()
             if path.suffix.lower() not in PHOTO_SUFFIXES:
                 skipped += path.suffix.lower() != TAG_SUFFIX and relative != TAGS_CSV
-            elif path.is_symlink() and not inside(path, root):
+            elif path.is_symlink() and not inside(path, real_root):
                 outside += 1
             else:
                 photos.append(relative)
@@ -284,7 +286,7 @@ class FolderPhotos:
             raise PhotoUnavailable(base.DUPLICATE)
         path = self._root / self._files[image_id]
         try:
-            if not path.resolve().is_relative_to(self._real_root):  # a link that leads out of the folder
+            if not inside(path, self._real_root):
                 raise PhotoUnavailable(base.MISSING)
             with path.open("rb") as file:
                 if os.fstat(file.fileno()).st_size > base.MAX_PHOTO_BYTES:
@@ -312,8 +314,9 @@ class FolderTags:
     def __init__(self, root: Path, paths: list[str]) -> None:
         self.paths = paths
         self._root = root
+        self._real_root = root.resolve()
         csv_path = root / TAGS_CSV
-        self.from_csv = csv_path.is_file() and inside(csv_path, root)
+        self.from_csv = csv_path.is_file() and inside(csv_path, self._real_root)
         self.csv_counts: dict[str, int] = {}
         self._csv: dict[str, list[str]] = {}
         if self.from_csv:
@@ -326,7 +329,7 @@ class FolderTags:
             return None if tags is None else "\n".join(tags).encode()
         sidecar = self._root / PurePosixPath(relative).with_suffix(TAG_SUFFIX)
         try:
-            if not sidecar.is_file() or not inside(sidecar, self._root):
+            if not sidecar.is_file() or not inside(sidecar, self._real_root):
                 return None
             if sidecar.stat().st_size > MAX_TAG_BYTES:
                 raise TagFileUnreadable(f"{sidecar}: over {MAX_TAG_BYTES} bytes")
