@@ -184,7 +184,7 @@ def _stored_pixels(image: Image.Image, data: bytes, size: int, keep_cmyk: bool) 
     return np.asarray(flatten(image, keep_cmyk=keep_cmyk))
 
 
-def _center_square(pixels: np.ndarray, size: int) -> np.ndarray:
+def _resized_square(pixels: np.ndarray, size: int) -> np.ndarray:
     """The center square of ``pixels`` resized to ``size``².
 
     Bilinear while the reduction is at most 2× (after DCT scaling, every photo under 16 × ``size`` on its
@@ -202,13 +202,13 @@ _MODES = {(): "L", (3,): "RGB", (4,): "CMYK"}
 
 
 def _square_rgb(pixels: np.ndarray, size: int, icc: bytes | None, turn: int) -> tuple[np.ndarray, bool]:
-    """:func:`_center_square` of stored ``pixels`` as uint8 sRGB, turned upright by the EXIF orientation
+    """:func:`_resized_square` of stored ``pixels`` as uint8 sRGB, turned upright by the EXIF orientation
     ``turn``, and whether ``icc`` converted it.
 
     The ICC transform and the turn run on the small square, not the photo: the transform is per pixel and a
     turn commutes with the center crop and the resize, so both cost ~5 times less there.
     """
-    small = _center_square(pixels, size)
+    small = _resized_square(pixels, size)
     converted = False
     method = TRANSPOSE.get(turn)
     if icc or method or small.shape[2:] == (4,):
@@ -271,7 +271,7 @@ def lab_photo(lab: np.ndarray, size: int) -> DecodedImage:
     if not lab.any():
         raise PhotoUnavailable(EMPTY)
     height, width = lab.shape[:2]
-    small = _center_square(lab, size)
+    small = _resized_square(lab, size)
     return DecodedImage(lab=small, rgb=lab_u8_to_rgb(small), width=width, height=height, format="LAB", mode="LAB")
 
 
