@@ -8,16 +8,24 @@ DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 COLORIZER_CONFIG ?=
 LAUNCH = TAGCOLOR_DATA_DIR=$(DATA) DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dg launch
 
-.PHONY: setup instance demo docs dataset test lint dev gpu-check
+.PHONY: setup system-packages instance demo docs dataset test test-fast lint dev gpu-check
 
-$(BIN)/dg: pyproject.toml
+# The Debian packages the project needs, installed by `make setup` where missing (as root, or through sudo -n;
+# otherwise it stops naming the command): Noto fonts for captions in every script, Chromium for the browser
+# test, g++ for torch.compile on the CPU, and python3-venv where the Python is Debian's own.
+DEBIAN_PACKAGES ?= fonts-noto-core fonts-noto-cjk chromium g++ $(shell $(PYTHON) -c 'import ensurepip' 2>/dev/null || echo python3-venv)
+
+system-packages:
+	@.ci/system-packages $(DEBIAN_PACKAGES)
+
+$(BIN)/dg: pyproject.toml | system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(BIN)/dg
 
-setup: $(BIN)/dg
+setup: system-packages $(BIN)/dg
 
 # The Dagster instance: its own settings (assets_config/dagster.yaml) unless DAGSTER_HOME already has some.
 instance:
@@ -58,9 +66,18 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# pytest's exit code 5 (nothing collected, e.g. a -k that matches nothing) is not a failure.
+PYTEST = $(BIN)/python -m pytest $(1); code=$$?; if [ $$code -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$code
+
+# Everything: lint, the definitions and every test (CI runs this).
 test: lint
 	$(BIN)/dg check defs
-	$(BIN)/python -m pytest; code=$$?; if [ $$code -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$code
+	$(call PYTEST,)
+
+# The quick loop while working: every test not marked slow (the shared `make demo`, the browser, compiled training).
+test-fast: lint
+	$(BIN)/dg check defs
+	$(call PYTEST,-m "not slow")
 
 # On a CUDA machine: training throughput, step split, memory and MFU of the 1-GPU MIRFLICKR-1M config (< 5 min).
 gpu-check: setup
