@@ -9,6 +9,7 @@ half-restored run behind.
 from __future__ import annotations
 
 import copy
+import logging
 import random
 import shutil
 import warnings
@@ -24,11 +25,15 @@ from model.config import ARCHITECTURE_KEYS, TrainConfig
 from model.data import Position, TokenIndex
 from model.networks import Critic, Generator
 from pipeline.core.files import atomic_path
+from pipeline.core.layout import DataError, DatasetPaths
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "tagcolor-cwgan-gp"
 VERSION = 1
 LATEST = "latest.pt"
 STEP_NAME = "ckpt_{step:08d}.pt"
+STEP_GLOB = STEP_NAME.replace("{step:08d}", "*")
 
 _FIELDS: dict[str, type | tuple[type, ...]] = {
     "format": str,
@@ -47,8 +52,9 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-class CheckpointError(RuntimeError):
-    """A file is not a readable checkpoint of this project, or does not fit the run."""
+class CheckpointError(DataError):
+    """A file is not a readable checkpoint of this project, or does not fit the run; like any damaged file of a
+    dataset, the message names it and what makes it again."""
 
 
 def architecture(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -165,11 +171,11 @@ def checkpoint_payload(state: TrainState, config: TrainConfig, rng: list[dict[st
 def save_checkpoint(run_dir: Path, payload: dict[str, Any], keep: int) -> Path:
     """Write ``ckpt_<step>.pt`` and ``latest.pt`` atomically; keep the newest ``keep`` step files."""
     path = run_dir / STEP_NAME.format(step=payload["step"])
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path, suffix=".pt") as tmp, tmp.open("wb") as file:
+        torch.save(payload, file)  # through Python's file: a full disk then says ENOSPC, not "unexpected pos"
     with atomic_path(run_dir / LATEST, suffix=".pt") as tmp:
         shutil.copyfile(path, tmp)
-    for old in sorted(run_dir.glob(STEP_NAME.replace("{step:08d}", "*")))[:-keep]:
+    for old in sorted(run_dir.glob(STEP_GLOB))[:-keep]:
         old.unlink()
     return path
 
@@ -177,8 +183,28 @@ def save_checkpoint(run_dir: Path, payload: dict[str, Any], keep: int) -> Path:
 WEIGHTS_UNPICKLER = "WeightsUnpickler error:"
 
 
+def checkpoint_remedy(path: Path) -> str:
+    """What makes a checkpoint again: training its run once more, named by the dataset it lies in."""
+    run_dir = path.parent
+    if run_dir.parent.name != "runs":
+        return "train its run again, or name another checkpoint"
+    again = DatasetPaths(run_dir.parent.parent).remedy("colorizer").replace("materialize ", "", 1)
+    return (
+        f"train run {run_dir.name} again (materialize {again} with run_name {run_dir.name}; with resume=true it"
+        " continues from its newest intact ckpt_<step>.pt)"
+    )
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read and validate a checkpoint onto the CPU; :class:`CheckpointError` for anything else."""
+    """Read and validate a checkpoint onto the CPU; a one-line :class:`CheckpointError` naming the file, what is
+    wrong and what makes it again for anything else."""
+    try:
+        return _validated(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}; {checkpoint_remedy(path)}") from error.__cause__
+
+
+def _validated(path: Path) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch's notes on pickle protocols of foreign files
@@ -204,3 +230,30 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not payload["rng"] or not all(isinstance(s, dict) and s.keys() >= RNG_KEYS for s in payload["rng"]):
         raise CheckpointError(f"{path}: 'rng' must hold one state per rank with {sorted(RNG_KEYS)}")
     return payload
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether a run directory holds a checkpoint to resume: ``latest.pt`` or a ``ckpt_<step>.pt``."""
+    return (run_dir / LATEST).is_file() or any(run_dir.glob(STEP_GLOB))
+
+
+def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Path]:
+    """The checkpoint a run resumes from: ``latest.pt``, or where it is missing or unreadable the newest readable
+    ``ckpt_<step>.pt`` of the same run, with a warning naming both.
+
+    Falling back is safe: every ``ckpt_<step>.pt`` is a whole state of this run (``latest.pt`` is a copy of the
+    newest), and a run resumed from an earlier step repeats the steps after it exactly; only the time they took
+    is lost. It never falls back to anything but the run's own step files (no best or exported weights).
+    """
+    candidates = [run_dir / LATEST, *sorted(run_dir.glob(STEP_GLOB), reverse=True)]
+    refused: list[str] = []
+    for path in candidates:
+        try:
+            payload = _validated(path)
+        except CheckpointError as error:
+            refused.append(str(error))
+            continue
+        if refused:
+            logger.warning("resume: %s; resuming from %s (step %d) instead", refused[0], path, payload["step"])
+        return payload, path
+    raise CheckpointError(f"{run_dir}: no readable checkpoint to resume ({'; '.join(refused)}); start a new run_name")

@@ -21,7 +21,7 @@ import yaml
 from model.data import TOKENIZERS
 from model.plan import PlanError, TrainingPlan, resolve_subsets
 from pipeline.core.config import typed_value
-from pipeline.core.layout import DataError, DatasetLayout, read_layout
+from pipeline.core.layout import DataError, DatasetLayout, open_shard, read_layout
 
 ARCHITECTURE_KEYS = ("base_channels", "depth", "token_dim", "pool")
 """Keys that shape the networks: a resumed or initialised run must keep the checkpoint's values."""
@@ -255,7 +255,10 @@ def validate_train_config(config: TrainConfig) -> TrainConfig:
         plan = dataclasses.replace(plan, subsets=subsets)
         shards = sorted({shard for subset in subsets for shard in subset})
     for shard in shards:
-        _require(layout.paths.shard(shard).is_file(), "shards", f"{layout.paths.shard(shard)} does not exist")
+        try:
+            open_shard(layout.paths, shard)  # whole, before any work starts
+        except DataError as error:
+            raise TrainConfigError(f"shards: {error}") from error
     if config.init_from is not None:
         _require(Path(config.init_from).is_file(), "init_from", f"{config.init_from} does not exist")
     return dataclasses.replace(

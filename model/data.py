@@ -7,23 +7,28 @@ one copy to the device; scaling, flipping and resizing happen there.
 
 from __future__ import annotations
 
-import json
 import os
 import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from pipeline.core.color import AB_HALF_RANGE, L_HALF_RANGE, NEUTRAL_AB
 from pipeline.core.contract import PAD_ID, TOKENS_PER_IMAGE, VOCAB_SIZE_WITH_PAD, WORDS_PER_IMAGE
-from pipeline.core.layout import DataError, DatasetLayout, DatasetPaths
+from pipeline.core.layout import (
+    DataError,
+    DatasetLayout,
+    DatasetPaths,
+    open_shard,
+    open_tokens,
+    read_images_table,
+    read_words,
+)
 
 TOKENIZERS = ("o200k", "words")
 """``o200k``: 20 o200k_base ids per photo (``tokens.npy``); ``words``: the seed's first tokenizer, 8 whole-tag
@@ -89,18 +94,14 @@ class TokenIndex:
         return cls(state.numpy(), tokenizer, words)
 
 
-def tokens_file(paths: DatasetPaths, tokenizer: str) -> Path:
-    """The token matrix a tokenizer reads: ``tokens.npy`` or ``tag_words.npy``."""
-    return paths.tokens if tokenizer == "o200k" else paths.tag_words
+def token_rows(paths: DatasetPaths, tokenizer: str) -> np.ndarray:
+    """The token matrix a tokenizer reads, memory-mapped and checked: ``tokens.npy`` or ``tag_words.npy``."""
+    return open_tokens(paths, words=tokenizer == "words")
 
 
 def dataset_words(paths: DatasetPaths, tokenizer: str) -> list[str]:
     """The word vocabulary (``words.json``) for ``words``, nothing for ``o200k``."""
-    if tokenizer == "o200k":
-        return []
-    if not paths.words.is_file():
-        raise DataError(f"{paths.words} does not exist; materialize tag_tokens again")
-    return json.loads(paths.words.read_text())
+    return [] if tokenizer == "o200k" else read_words(paths)
 
 
 def checkpoint_ids(tokens: np.ndarray, paths: DatasetPaths, index: TokenIndex) -> np.ndarray:
@@ -119,7 +120,7 @@ def training_tokens(layout: DatasetLayout, holdout_shard: int, tokenizer: str = 
 
     All training shards, not only a run's subset, so runs over successive subsets share one index.
     """
-    tokens = np.load(tokens_file(layout.paths, tokenizer), mmap_mode="r")
+    tokens = token_rows(layout.paths, tokenizer)
     held = layout.shard_ids(holdout_shard)
     return np.concatenate([tokens[: held.start], tokens[held.stop :]])
 
@@ -135,31 +136,32 @@ class TrainingSet:
         self, layout: DatasetLayout, shards: Sequence[int], skip_grayscale: bool, tokenizer: str = "o200k"
     ) -> None:
         columns = ["image_id", "shard", "row", "valid", "is_grayscale"]
-        table = pd.read_parquet(layout.paths.images_table, columns=columns).sort_values("image_id")
-        table = table[table["shard"].isin(list(shards))]
-        missing = sorted(set(shards) - set(table["shard"].unique().tolist()))
-        if missing:
-            raise DataError(f"{layout.paths.images_table} has no rows for shard(s) {missing}")
+        table = read_images_table(layout.paths, columns, shards)
         keep = table["valid"].to_numpy(bool, copy=True)
         if skip_grayscale:
             keep &= ~table["is_grayscale"].to_numpy(bool)
         self.shard = table["shard"].to_numpy(np.int64)[keep]
         self.row = table["row"].to_numpy(np.int64)[keep]
-        self.shards = {int(s): np.load(layout.paths.shard(int(s)), mmap_mode="r") for s in shards}
-        self.tokens = np.load(tokens_file(layout.paths, tokenizer), mmap_mode="r")
+        self.shards = {int(s): open_shard(layout.paths, int(s)) for s in shards}
+        self.tokens = token_rows(layout.paths, tokenizer)
         self.global_index = self.shard * layout.shard_size + self.row
-        kinds = {(array.dtype, array.shape[1:]) for array in self.shards.values()}
-        dtype, shape = next(iter(kinds))
-        if len(kinds) != 1 or dtype != np.uint8 or len(shape) != 3 or shape[2] != 3 or shape[0] != shape[1]:
-            raise DataError(f"shards {list(shards)} must all be uint8 (n, S, S, 3); got {sorted(map(str, kinds))}")
-        self.image_shape: tuple[int, int, int] = shape
+        shapes = {array.shape[1:] for array in self.shards.values()}
+        if len(shapes) != 1:
+            raise DataError(f"shards {list(shards)} hold photos of different sizes {sorted(shapes)}")
+        self.image_shape: tuple[int, int, int] = shapes.pop()
         for s, array in self.shards.items():
             rows = self.row[self.shard == s]
             if rows.size and rows.max() >= len(array):
-                raise DataError(f"images.parquet names row {rows.max()} of shard {s}, which has {len(array)}")
-            if not array.flags.c_contiguous:
-                raise DataError(f"shard {s} is stored in Fortran order; its photos must be contiguous rows")
-        self._row_bytes = int(np.prod(shape))
+                raise DataError(
+                    f"{layout.paths.shard_rows(s)} names row {rows.max()} of shard {s}, which has {len(array)};"
+                    f" {layout.paths.remedy('lab_shards', f'{s:03d}')}"
+                )
+        if self.global_index.size and self.global_index.max() >= len(self.tokens):
+            raise DataError(
+                f"{layout.paths.tokens} holds {len(self.tokens):,} rows, fewer than the shards' images;"
+                f" {layout.paths.remedy('tag_tokens')}"
+            )
+        self._row_bytes = int(np.prod(self.image_shape))
         self._rows_start = {s: int(array.offset) for s, array in self.shards.items()}
         self._files = {s: os.open(layout.paths.shard(s), os.O_RDONLY) for s in self.shards}
         weakref.finalize(self, _close_files, tuple(self._files.values()))

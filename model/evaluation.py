@@ -36,14 +36,15 @@ import torch
 import yaml
 from PIL import Image
 
+from model.checkpoint import LATEST
 from model.colorize import parse_tags, tag_ids
-from model.data import checkpoint_ids, tokens_file
+from model.data import checkpoint_ids, token_rows
 from model.fid import GaussianMoments, MetricUnavailable, frechet_distance, inception_features, lpips_distance
 from model.inference import Colorizer
 from model.metrics import ImageMetrics, Reference, image_metrics
 from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb, rgb_to_lab_u8
 from pipeline.core.files import atomic_write_text
-from pipeline.core.layout import DataError, DatasetPaths, read_layout
+from pipeline.core.layout import DataError, DatasetPaths, open_shard, read_images_table, read_layout, read_table
 from pipeline.core.photos import center_square, srgb_pixels
 from pipeline.core.render import CollageRow, Markdown, preview_markdown, render_collage
 
@@ -192,7 +193,7 @@ def read_rows(paths: DatasetPaths, rows: pd.DataFrame) -> np.ndarray:
     shards = rows["shard"].to_numpy()
     out: np.ndarray | None = None
     for shard in np.unique(shards):
-        array = np.load(paths.shard(int(shard)), mmap_mode="r")
+        array = open_shard(paths, int(shard))
         if out is None:
             out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
         where = np.flatnonzero(shards == shard)
@@ -225,24 +226,23 @@ def _captions(paths: DatasetPaths, ids: np.ndarray) -> dict[int, str]:
     """Each photo's tags joined by commas (nothing where the dataset has no tag table)."""
     if not paths.tags_table.is_file():
         return {}
-    tags = pd.read_parquet(paths.tags_table, columns=["image_id", "tags"], filters=[("image_id", "in", ids.tolist())])
+    remedy = paths.remedy("tag_tokens")
+    tags = read_table(paths.tags_table, remedy, ["image_id", "tags"], filters=[("image_id", "in", ids.tolist())])
     return {int(i): ", ".join(t) for i, t in zip(tags["image_id"], tags["tags"], strict=True)}
 
 
 def _raw_tokens(paths: DatasetPaths, ids: np.ndarray, tokenizer: str) -> np.ndarray:
-    source = tokens_file(paths, tokenizer)
-    if not source.is_file():
-        raise DataError(f"{source} does not exist: materialize {paths.root.name}/tag_tokens first")
-    return np.asarray(np.load(source, mmap_mode="r")[ids], dtype=np.int32)
+    return np.asarray(token_rows(paths, tokenizer)[ids], dtype=np.int32)
 
 
 def holdout_set(
     paths: DatasetPaths, holdout_shard: int, tokenizer: str, n_images: int | None = 256, seed: int = 0
 ) -> EvaluationSet:
     """Up to ``n_images`` colour photos of ``holdout_shard`` (seeded), read from the 224² shards."""
-    images = pd.read_parquet(paths.images_table, columns=IMAGE_COLUMNS)
-    if holdout_shard not in set(images["shard"].tolist()):
-        raise ValueError(f"{paths.images_table} has no rows for held-out shard {holdout_shard}")
+    layout = read_layout(paths.root, [holdout_shard])
+    if not 0 <= holdout_shard < layout.n_shards:
+        raise DataError(f"held-out shard {holdout_shard} is not a shard of {paths.root} (0 … {layout.n_shards - 1})")
+    images = read_images_table(paths, IMAGE_COLUMNS, [holdout_shard])
     selection = seeded_subset(colour_photos(images, [holdout_shard]), n_images, seed)
     if selection.empty:
         raise ValueError(f"held-out shard {holdout_shard} has no valid colour photos to evaluate on")
@@ -353,8 +353,8 @@ def run_train_mean(run_dir: Path, seed: int) -> tuple[np.ndarray, dict[str, Any]
     paths = DatasetPaths(Path(str(saved.get("data_root", ""))))
     try:
         _, shards = trained_split(run_dir)
-        images = pd.read_parquet(paths.images_table, columns=IMAGE_COLUMNS)
         shards = [s for s in shards if paths.shard(s).is_file()]
+        images = read_images_table(paths, IMAGE_COLUMNS, shards)
         mean_ab, photos = train_mean_ab(paths, images, shards, seed)
     except (OSError, ValueError) as error:
         return f"the run's training photos are not readable here ({error})"
@@ -543,7 +543,7 @@ def evaluate(
 
 
 def run_checkpoint(run_dir: Path) -> Path:
-    checkpoint = run_dir / "latest.pt"
+    checkpoint = run_dir / LATEST
     if not checkpoint.is_file():
         raise FileNotFoundError(f"no checkpoint at {checkpoint}: train the run first")
     return checkpoint

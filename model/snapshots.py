@@ -15,14 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from model.data import TokenIndex, checkpoint_ids
 from model.evaluation import IMAGE_COLUMNS, EvaluationSet, colour_photos, coloured_collage, holdout_set, read_rows
 from model.inference import Colorizer
 from model.networks import Generator
 from pipeline.core.files import atomic_path
-from pipeline.core.layout import DataError, DatasetPaths
+from pipeline.core.layout import DataError, DatasetPaths, read_images_table
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ def snapshot_photos(
         else:
             ids = held_out.image_ids[:rows]
             return EvaluationSet.of(paths, ids, tokenizer, held_out.description, held_out.read, held_out.protocol)
-    first = colour_photos(pd.read_parquet(paths.images_table, columns=IMAGE_COLUMNS), shards).head(rows)
+    first = colour_photos(read_images_table(paths, IMAGE_COLUMNS, shards), shards).head(rows)
     if first.empty:
         raise DataError(f"snapshot_every: shards {list(shards)} hold no colour photo to show; set it to 0")
     logger.info("snapshots: %s; showing the first training photos instead", reason)

@@ -35,11 +35,12 @@ from PIL import Image
 
 from model.checkpoint import (
     LATEST,
-    CheckpointError,
     TrainState,
     architecture,
     checkpoint_payload,
+    has_checkpoint,
     load_checkpoint,
+    load_resumable,
     new_state,
     restore_state,
     rng_state,
@@ -69,8 +70,8 @@ from model.data import (
 from model.losses import LossWeights, critic_loss, generator_loss
 from model.plan import PlanError, Stage, TrainingPlan, plan_stages, stage_at
 from model.snapshots import SnapshotWriter, latest_snapshot, snapshot_photos
-from pipeline.core.files import atomic_path, atomic_write_text
-from pipeline.core.layout import DataError, DatasetLayout, read_layout
+from pipeline.core.files import DiskFullError, atomic_path, atomic_write_text
+from pipeline.core.layout import DataError, DatasetLayout, read_layout, read_table
 from pipeline.core.render import preview_markdown
 
 if TYPE_CHECKING:
@@ -79,6 +80,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 METRICS = "metrics.parquet"
+FAILURE_EXTRA = "failure_file"
+"""The Pipes extra naming the file where a Pipes-launched trainer writes the one line a user error ends in."""
 PLAN_PROGRESS = "plan.json"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -282,7 +285,7 @@ def read_metrics(path: Path, up_to_step: int) -> list[dict[str, Any]]:
     """Rows logged before a resumed checkpoint; rows a killed run logged after it are dropped."""
     if not path.is_file():
         return []
-    table = pd.read_parquet(path)
+    table = read_table(path, "delete it to resume without the earlier rows, or restore it")
     return table[table["step"] <= up_to_step].to_dict("records")
 
 
@@ -353,18 +356,18 @@ class TrainResult:
 def _initial_state(
     config: TrainConfig, ddp: Distributed, device: torch.device
 ) -> tuple[TrainState, list[dict[str, Any]] | None]:
-    """A fresh state, one initialised from ``init_from``, or one resumed from ``latest.pt``.
+    """A fresh state, one initialised from ``init_from``, or one resumed from ``latest.pt`` (or, where that is
+    damaged, the run's newest readable ``ckpt_<step>.pt``: :func:`model.checkpoint.load_resumable`).
 
     Returns the resumed checkpoint's RNG states too (None unless resumed).
     """
-    latest = config.run_dir / LATEST
-    if latest.is_file() and not config.resume:
-        raise TrainConfigError(f"resume: {latest} exists; set resume=true or choose another run_name")
+    if has_checkpoint(config.run_dir) and not config.resume:
+        raise TrainConfigError(f"resume: {config.run_dir} holds a checkpoint; set resume=true or choose a new run_name")
     torch.manual_seed(config.seed + ddp.rank)
-    if config.resume and latest.is_file():
-        payload = load_checkpoint(latest)
-        check_architecture(config, payload, latest)
-        check_data_order(config, payload["config"], latest)
+    if config.resume and has_checkpoint(config.run_dir):
+        payload, source = load_resumable(config.run_dir)
+        check_architecture(config, payload, source)
+        check_data_order(config, payload["config"], source)
         return restore_state(payload, config, device, resume=True), payload["rng"]
     if config.init_from is not None:
         payload = load_checkpoint(Path(config.init_from))
@@ -623,6 +626,11 @@ def _logs_forwarded_to(log: logging.Logger) -> Iterator[None]:
         logging.getLogger().removeHandler(handler)
 
 
+USER_ERRORS = (TrainConfigError, DataError, DiskFullError, torch.OutOfMemoryError)
+"""Failures their message explains (a setting, a damaged file or checkpoint, the disk, GPU memory): one line,
+never a traceback."""
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, help="YAML file of TrainConfig values")
@@ -640,16 +648,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     # the rendezvous may place on another one) logs the rows, and the shared run directory has them for all.
     if PipesEnvVarParamsLoader().is_dagster_pipes_process() and os.environ.get("LOCAL_RANK", "0") == "0":
         with open_dagster_pipes() as pipes, _logs_forwarded_to(pipes.log):
-            config = load_train_config(args.config, args.overrides)
-            pipes.log.info(f"training {config.run_name} on {config.data_root}, shards {config.shards}")
-            result = train(config, report=lambda row: pipes.log.info(format_row(row)))
-            pipes.report_asset_materialization(metadata=pipes_metadata(result))
-        return
+            try:
+                config = load_train_config(args.config, args.overrides)
+                pipes.log.info(f"training {config.run_name} on {config.data_root}, shards {config.shards}")
+                result = train(config, report=lambda row: pipes.log.info(format_row(row)))
+            except USER_ERRORS as error:
+                pipes.log.error(str(error))
+                failure = pipes.extras.get(FAILURE_EXTRA)
+                if failure:  # the Dagster step fails with this line instead of the exit code
+                    atomic_write_text(Path(failure), str(error))
+                message = str(error)
+            else:
+                pipes.report_asset_materialization(metadata=pipes_metadata(result))
+                return
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
     try:
         result = train(
             load_train_config(args.config, args.overrides), report=lambda row: print(format_row(row), flush=True)
         )
-    except (TrainConfigError, CheckpointError, DataError) as error:
+    except USER_ERRORS as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     if distributed_from_env().is_main:
         print(format_row(summary(result)), flush=True)

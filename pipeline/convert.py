@@ -18,14 +18,13 @@ import io
 import math
 import multiprocessing
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import cv2
 import numpy as np
@@ -34,8 +33,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.core.color import NEUTRAL_AB, colorfulness, lab_u8_to_rgb, rgb_to_lab_u8
-from pipeline.core.files import atomic_path
-from pipeline.core.layout import DataError, DatasetPaths, shard_problems
+from pipeline.core.files import atomic_path, disk_text, free_space
+from pipeline.core.layout import CheckRecord, DataError, DatasetPaths, shard_problems, write_npy_header
 from pipeline.core.photos import (
     QUARTER_TURNS,
     TRANSPOSE,
@@ -318,18 +317,6 @@ class ShardResult:
         return f"shard {self.shard:03d}: {self.n_valid}/{self.n_images} valid in {self.seconds:.1f} s"
 
 
-def _write_npy_header(file: BinaryIO, shape: tuple[int, ...]) -> int:
-    """Make ``file`` a zero-filled uint8 ``.npy`` of ``shape``; returns where its rows begin.
-
-    Only the header is written and the length set: the file stays sparse (rows read as zeros) until its rows
-    are written, one at a time as they are converted, so the worker never holds more than one.
-    """
-    np.lib.format.write_array_header_1_0(file, {"descr": "|u1", "fortran_order": False, "shape": shape})
-    offset = file.tell()
-    file.truncate(offset + math.prod(shape))
-    return offset
-
-
 @dataclass(frozen=True)
 class TagCounts:
     """``n_tags`` and ``n_tokens`` (before truncation) of one shard's images, int32, in row order."""
@@ -372,7 +359,7 @@ def convert_shard(spec: DatasetSpec, paths: DatasetPaths, shard: int, counts: Ta
         shard_tmp = stack.enter_context(atomic_path(paths.shard(shard), suffix=".npy"))
         rows_tmp = stack.enter_context(atomic_path(paths.shard_rows(shard), suffix=".parquet"))
         shard_file = stack.enter_context(shard_tmp.open("wb"))
-        offset, row_bytes = _write_npy_header(shard_file, (n, size, size, 3)), size * size * 3
+        offset, row_bytes = write_npy_header(shard_file, (n, size, size, 3), np.uint8), size * size * 3
         for row, image_id in enumerate(ids):
             try:
                 photo = photos.read(image_id)
@@ -419,32 +406,26 @@ def convert_shard(spec: DatasetSpec, paths: DatasetPaths, shard: int, counts: Ta
     )
 
 
-def _disk_text(count: int) -> str:
-    """A byte count for a message, in the largest unit it fills (``150.5 GB``, ``36.9 kB``)."""
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if count >= scale:
-            return f"{count / scale:,.1f} {unit}"
-    return f"{count} B"
-
-
-def check_free_space(spec: DatasetSpec, paths: DatasetPaths, shards: Sequence[int]) -> None:
+def check_free_space(spec: DatasetSpec, paths: DatasetPaths, shards: Sequence[int], workers: int) -> None:
     """Refuse, before anything is written, shards that the disk of ``paths.shards`` cannot hold: a full disk
     half-way through MIRFLICKR-1M (~150 GB of shards) would fail hours into the run.
 
     The need is every row of each shard (as if all photos were valid) plus :data:`SHARD_SPACE_MARGIN`, less
-    the disk the shard's current file takes (a re-run replaces it).
+    the disk the shards' current files take (a re-run replaces them), plus what is held twice while shards are
+    replaced: each worker's new temporary sits beside the file it replaces until it is moved into place, so up
+    to ``min(workers, shards)`` of the largest current files still take their space.
     """
     row_bytes = spec.image_size**2 * 3
     rows = sum(len(spec.shard_ids(shard)) for shard in shards)
     # st_blocks: what a file takes on disk, less than its length where it is sparse (rows of bad photos)
-    present = sum(path.stat().st_blocks * 512 for path in map(paths.shard, shards) if path.is_file())
-    need = rows * row_bytes + len(shards) * SHARD_SPACE_MARGIN - present
-    disk = next(path for path in (paths.shards, *paths.shards.parents) if path.exists())
-    free = shutil.disk_usage(disk).free
+    present = [path.stat().st_blocks * 512 for path in map(paths.shard, shards) if path.is_file()]
+    held_twice = min(workers, len(shards)) * max(present, default=0)
+    need = rows * row_bytes + len(shards) * SHARD_SPACE_MARGIN - sum(present) + held_twice
+    free = free_space(paths.shards)
     if need > free:
         raise DataError(
-            f"{paths.shards}: {len(shards)} shard(s) of {rows:,} photos need {_disk_text(need)} of disk space and"
-            f" {_disk_text(free)} is free; free some, or move the data directory to a larger disk"
+            f"{paths.shards}: {len(shards)} shard(s) of {rows:,} photos need {disk_text(need)} of disk space and"
+            f" {disk_text(free)} is free; free some, or move the data directory to a larger disk"
         )
 
 
@@ -473,7 +454,7 @@ def convert_shards(
     workers = workers or os.cpu_count() or 1
     if workers < 1:
         raise ValueError(f"workers must be positive, got {workers}")
-    check_free_space(spec, paths, order)
+    check_free_space(spec, paths, order, min(workers, len(order)))
     results: dict[int, ShardResult] = {}
     with ProcessPoolExecutor(
         max_workers=min(workers, len(order)),
@@ -525,12 +506,17 @@ def prepare_shards(
     spec: DatasetSpec, paths: DatasetPaths, shards: Sequence[int], vocabulary_dir: Path, **options: Any
 ) -> ConversionResult:
     """Convert ``shards`` (:func:`convert_shards`, which takes ``options``), check each one written against the
-    shard contract, and run the kind's own checks (:meth:`DatasetSpec.verify`)."""
+    shard contract, and run the kind's own checks (:meth:`DatasetSpec.verify`). Every verdict is also recorded
+    with the dataset (:class:`CheckRecord`): a failed one keeps training, statistics and evaluation off the data
+    until a run passes it."""
     results = convert_shards(spec, paths, shards, vocabulary_dir, **options)
-    problems = [
-        problem
-        for result in results
-        for problem in shard_problems(paths, result.shard, spec.shard_ids(result.shard), spec.image_size)
-    ]
+    problems = []
+    for result in results:
+        found = "; ".join(shard_problems(paths, result.shard, spec.shard_ids(result.shard), spec.image_size))
+        CheckRecord("shard_contract", "lab_shards", found, f"{result.shard:03d}").write(paths)
+        problems += [found] if found else []
     checks = {"shard_contract": Verdict("; ".join(problems)), **spec.verify(paths)}
+    for name, verdict in checks.items():
+        if name != "shard_contract":  # recorded per shard above
+            CheckRecord(name, "lab_shards", verdict.problems).write(paths)
     return ConversionResult(shards=results, checks=checks, shards_dir=paths.shards)

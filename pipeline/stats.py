@@ -9,7 +9,6 @@ metadata.
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import time
@@ -34,7 +33,19 @@ from pipeline.core.contract import (
     VOCAB_SIZE_WITH_PAD,
 )
 from pipeline.core.files import atomic_path
-from pipeline.core.layout import DatasetPaths, Split, read_images_table
+from pipeline.core.layout import (
+    CheckRecord,
+    DataError,
+    DatasetPaths,
+    Split,
+    alignment_problems,
+    open_shard,
+    open_tokens,
+    read_images_table,
+    read_layout,
+    read_words,
+    table_errors,
+)
 from pipeline.core.render import inline_images
 from pipeline.report import write_report
 
@@ -212,11 +223,10 @@ def tokenizer_table(paths: DatasetPaths, n_shards: int) -> pd.DataFrame:
     split = Split.read(paths)
     holdout = split.holdout_shard if split else n_shards - 1
     rows = []
-    sources = [("o200k", paths.tokens, PAD_ID, O200K_ORDINARY_TOKENS)]
+    sources = [("o200k", open_tokens(paths), PAD_ID, O200K_ORDINARY_TOKENS)]
     if paths.tag_words.is_file() and paths.words.is_file():
-        sources.append(("words", paths.tag_words, 0, len(json.loads(paths.words.read_text())) - 1))
-    for name, path, pad, vocabulary in sources:
-        ids = np.load(path, mmap_mode="r")
+        sources.append(("words", open_tokens(paths, words=True), 0, len(read_words(paths)) - 1))
+    for name, ids, pad, vocabulary in sources:
         shard_size = -(-len(ids) // max(n_shards, 1))
         held = np.zeros(len(ids), dtype=bool)
         held[holdout * shard_size : (holdout + 1) * shard_size] = True
@@ -342,19 +352,37 @@ def tag_tables(tags_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
     return pd.DataFrame([summary]), frequencies.head(TOP_TAGS), tags_per_image
 
 
+ALIGNMENT_CHECK = "tokens_align_with_images"
+
+
+def check_alignment(paths: DatasetPaths, n_images: int) -> str:
+    """The ``tokens_align_with_images`` check (:func:`alignment_problems`), its verdict recorded with the dataset
+    (:class:`CheckRecord`): the first step that reads both tables runs it, whichever of them was written last."""
+    problems = alignment_problems(paths, n_images)
+    CheckRecord(ALIGNMENT_CHECK, "data_stats", problems).write(paths)
+    return problems
+
+
 def compute_data_stats(
     paths: DatasetPaths, n_shards: int, decode_token: Callable[[int], str], workers: int = 1
 ) -> DataStatsResult:
-    """Compute every table, write them with ``data_stats.md`` and the plots under ``paths.stats``.
+    """Compute every table, write them with ``data_stats.md`` and the plots under ``paths.stats``; refused while
+    a recorded data check has not passed (:func:`read_layout`).
 
     ``decode_token`` gives a token id's text (:func:`pipeline.core.vocabulary.token_text`).
     """
     began = time.perf_counter()
+    read_layout(paths.root)
     images = read_images_table(paths)
     present = set(images["shard"].unique().tolist())
     if present != set(range(n_shards)):
         missing, extra = sorted(set(range(n_shards)) - present), sorted(present - set(range(n_shards)))
-        raise ValueError(f"images.parquet lacks rows of shard(s) {missing}, has rows of unexpected shard(s) {extra}")
+        raise DataError(
+            f"{paths.images_table} lacks rows of shard(s) {missing}, has rows of unexpected shard(s) {extra};"
+            f" {paths.remedy('lab_shards')}"
+        )
+    for shard in range(n_shards):
+        open_shard(paths, shard)  # every shard whole before the workers scan them
     valid_by_shard = images[images["valid"]].groupby("shard")["row"]
     valid_rows = [
         valid_by_shard.get_group(s).to_numpy() if s in valid_by_shard.groups else np.empty(0, np.int64)
@@ -365,12 +393,11 @@ def compute_data_stats(
     scan_seconds = time.perf_counter() - scan_began
     bytes_scanned = int(hist[0].sum()) * 3
 
-    full_counts = pq.read_table(paths.tags_table, columns=["n_tokens"]).column("n_tokens").to_numpy()
+    with table_errors(paths.tags_table, paths.remedy("tag_tokens")):
+        full_counts = pq.read_table(paths.tags_table, columns=["n_tokens"]).column("n_tokens").to_numpy()
+        tag_summary, top_tags, tags_per_image = tag_tables(paths.tags_table)
     channels, channel_summary = channel_tables(hist)
-    token_frequencies, token_summary, tokens_per_image = token_tables(
-        np.load(paths.tokens, mmap_mode="r"), full_counts, decode_token
-    )
-    tag_summary, top_tags, tags_per_image = tag_tables(paths.tags_table)
+    token_frequencies, token_summary, tokens_per_image = token_tables(open_tokens(paths), full_counts, decode_token)
     shards = shard_table(images, n_shards)
     tokenizers = tokenizer_table(paths, n_shards)
     tables = {

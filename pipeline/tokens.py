@@ -18,7 +18,7 @@ import tiktoken
 
 from pipeline.core.contract import PAD_ID, TOKENS_PER_IMAGE, VOCAB_SIZE_WITH_PAD, WORDS_PER_IMAGE
 from pipeline.core.files import atomic_path, atomic_write_text
-from pipeline.core.layout import DatasetPaths
+from pipeline.core.layout import DatasetPaths, write_npy_header
 from pipeline.core.vocabulary import encode_tags, kept_words, tag_text
 from pipeline.sources.base import DatasetSpec, TagFileUnreadable, TagSource
 
@@ -153,9 +153,10 @@ def build_tag_tokens(
         spec.open_tags(paths) as files,
         atomic_path(paths.tags_table, suffix=".parquet") as table_tmp,
         atomic_path(paths.tokens, suffix=".npy") as tokens_tmp,
+        tokens_tmp.open("wb") as out,
     ):
         unsafe = files.unsafe_entries()
-        out = np.lib.format.open_memmap(tokens_tmp, mode="w+", dtype=np.int32, shape=(n, TOKENS_PER_IMAGE))
+        write_npy_header(out, (n, TOKENS_PER_IMAGE), np.int32)
         with pq.ParquetWriter(table_tmp, TAGS_SCHEMA) as writer:
             for start in range(0, n, chunk_size):
                 ids = range(start, min(start + chunk_size, n))
@@ -163,7 +164,7 @@ def build_tag_tokens(
                 tokens, n_tokens = encode_tags(
                     [tag_text(tags) for tags in batch.tags], encoding, num_threads=num_threads
                 )
-                out[ids.start : ids.stop] = tokens
+                out.write(np.ascontiguousarray(tokens, dtype=np.int32).data)  # the chunk's rows, in order
                 n_tags = np.fromiter(map(len, batch.tags), dtype=np.int32, count=len(ids))
                 writer.write_table(
                     pa.table(
@@ -184,8 +185,6 @@ def build_tag_tokens(
                 truncated += int((n_tokens > TOKENS_PER_IMAGE).sum())
                 if progress is not None:
                     progress(ids.stop, n)
-        out.flush()
-        del out
     words = build_tag_words(paths, chunk_size)
     return TagTokensResult(
         n_images=n,
@@ -219,16 +218,12 @@ def build_tag_words(paths: DatasetPaths, chunk_size: int = CHUNK_SIZE) -> int:
 
     vocabulary = sorted({word for chunk in kept() for words in chunk for word in words})
     index = {word: i for i, word in enumerate(["", *vocabulary])}
-    with atomic_path(paths.tag_words, suffix=".npy") as tmp:
-        out = np.lib.format.open_memmap(
-            tmp, mode="w+", dtype=np.int32, shape=(table.metadata.num_rows, WORDS_PER_IMAGE)
-        )
-        row = 0
+    with atomic_path(paths.tag_words, suffix=".npy") as tmp, tmp.open("wb") as out:
+        write_npy_header(out, (table.metadata.num_rows, WORDS_PER_IMAGE), np.int32)
         for chunk in kept():
-            for words in chunk:
-                out[row, : len(words)] = [index[word] for word in words]
-                row += 1
-        out.flush()
-        del out
+            ids = np.zeros((len(chunk), WORDS_PER_IMAGE), dtype=np.int32)
+            for row, words in enumerate(chunk):
+                ids[row, : len(words)] = [index[word] for word in words]
+            out.write(ids.data)
     atomic_write_text(paths.words, json.dumps(["", *vocabulary], ensure_ascii=False) + "\n")
     return len(vocabulary)

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import cv2
+import dagster as dg
 import numpy as np
 import pytest
 
+from model.config import TrainConfigError, load_train_config
+from model.evaluation import holdout_set
 from pipeline.convert import convert_shards
 from pipeline.core.color import rgb_to_lab_u8
 from pipeline.core.config import ConfigError
-from pipeline.core.layout import DatasetPaths, read_images_table
+from pipeline.core.layout import DataError, DatasetPaths, read_images_table
 from pipeline.core.vocabulary import load_tag_encoding
 from pipeline.datasets import parse_dataset_spec
 from pipeline.defs.factory import build_dataset_assets
@@ -20,6 +26,7 @@ from pipeline.defs.resources import storage_from_environ
 from pipeline.sources import kaggle_lab
 from pipeline.sources.synthetic import sample_image, sample_tags
 from pipeline.tokens import build_tag_tokens
+from tests.conftest import REPO_ROOT
 from tests.test_folder import SAMPLE, jpeg, materialize
 
 N, SIDE = 7, 32
@@ -115,14 +122,17 @@ def truncate(path: Path) -> None:
 
 
 DAMAGES = {
-    "missing L": (lambda root: (root / L).unlink(), r"gray_scale\.npy not found: expected uint8 \(N, S, S\)"),
+    "missing L": (lambda root: (root / L).unlink(), r"gray_scale\.npy: does not exist; expected uint8 \(N, S, S\)"),
     "4-d L": (lambda root: np.save(root / L, np.zeros((N, SIDE, SIDE, 1), np.uint8)), r"expected uint8 \(N, S, S\)"),
     "ab short": (lambda root: (root / AB / "ab3.npy").unlink(), r"6 ab rows for 7 L rows"),
     "ab shape": (
         lambda root: np.save(root / AB / "ab1.npy", np.zeros((4, SIDE, SIDE, 3), np.uint8)),
         r"ab1\.npy: .*expected uint8 \(n, 32, 32, 2\)",
     ),
-    "truncated": (lambda root: truncate(root / AB / "ab2.npy"), r"ab2\.npy: not a readable \.npy .*\(n, 32, 32, 2\)"),
+    "truncated": (
+        lambda root: truncate(root / AB / "ab2.npy"),
+        r"ab2\.npy: truncated: 300 bytes where its header .* makes [\d,]+; expected uint8 \(n, 32, 32, 2\)",
+    ),
 }
 L, AB = Path("l") / "gray_scale.npy", Path("ab") / "ab"
 
@@ -158,3 +168,45 @@ def test_the_row_order_check_runs_with_lab_shards_in_dagster(published, vocabula
     checks = {c.check_name: c for c in shards.get_asset_check_evaluations()}
     assert {name: check.passed for name, check in checks.items()} == {"shard_contract": True, "row_order": True}
     assert checks["row_order"].metadata["geometry"].value == "resize", "which geometry fits is reported"
+
+
+def test_rows_beside_other_photos_tags_are_refused_where_they_are_used(published, vocabulary_dir: Path) -> None:
+    """A failed row_order verdict is kept with the dataset: statistics, training and evaluation, each in a run of
+    its own, refuse the data naming the check, until a run of lab_shards passes it."""
+    root, paths, _, photos = published
+    storage = storage_from_environ(
+        {"TAGCOLOR_DATA_DIR": str(paths.root.parent), "TIKTOKEN_CACHE_DIR": str(vocabulary_dir)}
+    )
+    rgbs = [cv2.cvtColor(cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for p in photos]
+    kaggle_arrays(root, rgbs, order=[*range(1, N), 0])  # every row one photo off
+    spec = spec_for(root)
+    materialize(build_dataset_assets(spec), "archives", storage, partition_key="arrays", dataset="kaggle")
+    materialize(build_dataset_assets(spec), "tags_archive", storage, dataset="kaggle")
+    live = build_dataset_assets(storage.resolve(spec))
+    every_shard = {"dagster/asset_partition_range_start": "000", "dagster/asset_partition_range_end": "002"}
+    shards = materialize(live, "lab_shards", storage, tags=every_shard, dataset="kaggle")
+    assert {c.check_name: c.passed for c in shards.get_asset_check_evaluations()}["row_order"] is False
+    materialize(live, "tag_tokens", storage, dataset="kaggle")
+
+    refused = r"the check row_order of kaggle/lab_shards did not pass: \d+ of 7 sampled rows match no .*lab_shards"
+    with pytest.raises(dg.Failure, match=refused):
+        materialize(live, "data_stats", storage, dataset="kaggle")
+    with pytest.raises(TrainConfigError, match=f"^data_root: .*{refused}"):
+        load_train_config(None, [f"data_root={paths.root}", f"image_size={SIDE}"])
+    with pytest.raises(DataError, match=refused):
+        holdout_set(paths, 2, "o200k")
+    done = subprocess.run(
+        [sys.executable, "-m", "model.train", f"data_root={paths.root}", f"image_size={SIDE}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert re.search(refused, done.stderr), done.stderr
+
+    kaggle_arrays(root, rgbs)  # the arrays as published: a passing run clears the verdict
+    shards = materialize(live, "lab_shards", storage, tags=every_shard, dataset="kaggle")
+    assert all(c.passed for c in shards.get_asset_check_evaluations())
+    assert materialize(live, "data_stats", storage, dataset="kaggle").success
+    assert load_train_config(None, [f"data_root={paths.root}", f"image_size={SIDE}"]).holdout_shard == 2

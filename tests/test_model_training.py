@@ -11,7 +11,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
@@ -439,8 +439,8 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(
     latest = tmp_path / "run" / "latest.pt"
     before = latest.read_bytes()
 
-    def dies_halfway(payload: dict[str, Any], path: Path) -> None:
-        Path(path).write_bytes(b"half a checkpoint")
+    def dies_halfway(payload: dict[str, Any], file: BinaryIO) -> None:
+        file.write(b"half a checkpoint")
         raise Killed
 
     monkeypatch.setattr(checkpoint_module.torch, "save", dies_halfway)

@@ -4,9 +4,11 @@ killed leaves temporaries that the next writer of the same file removes."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -14,6 +16,50 @@ from pathlib import Path
 
 STALE_AFTER_S = 5.0
 """A temporary whose lock is free is stale once this old: its writer took the lock right after creating it."""
+
+
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""No space left on the device, or the user's disk quota used up: either way the write cannot go on."""
+
+
+class DiskFullError(OSError):
+    """A write stopped because the disk (or the quota) is full; the message names the file and the space left."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
+def disk_text(count: int) -> str:
+    """A byte count for a message, in the largest unit it fills (``150.5 GB``, ``36.9 kB``)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:,.1f} {unit}"
+    return f"{count} B"
+
+
+def free_space(path: Path) -> int:
+    """Bytes free for this user on the disk that holds ``path`` (or its nearest existing parent)."""
+    existing = next(parent for parent in (path, *path.parents) if parent.exists())
+    return shutil.disk_usage(existing).free
+
+
+def disk_full(error: BaseException, path: Path, writing: str = "") -> DiskFullError | None:
+    """The :class:`DiskFullError` to raise for ``error`` while ``path`` was written, if a full disk caused it.
+
+    The cause may sit down the chain: torch's zip writer reports a failed write as a ``RuntimeError`` whose
+    context is Python's ``OSError(ENOSPC)``.
+    """
+    cause: BaseException | None = error
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno in DISK_FULL):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None or isinstance(error, DiskFullError):
+        return None
+    what = f" ({writing})" if writing else ""
+    return DiskFullError(
+        f"{path}{what}: the disk is full ({disk_text(free_space(path))} free now); free some space, or move the"
+        " data directory (TAGCOLOR_DATA_DIR) to a larger disk"
+    )
 
 
 def _temporary_name(final: Path) -> re.Pattern[str]:
@@ -56,7 +102,8 @@ def atomic_path(final: Path | str, suffix: str = "") -> Iterator[Path]:
     The temporary name keeps ``suffix`` (e.g. ``.npy``) so libraries that append extensions do not
     rename it behind our back; the final file is world-readable like any ordinarily created one. The writer
     holds an exclusive lock on the temporary until it is in place, so a sweep (see
-    :func:`sweep_stale_temporaries`, done here first) never takes a live writer's file.
+    :func:`sweep_stale_temporaries`, done here first) never takes a live writer's file. A disk that fills up
+    meanwhile ends the block in a :class:`DiskFullError` naming ``final``, with the temporary removed.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -71,8 +118,11 @@ def atomic_path(final: Path | str, suffix: str = "") -> Iterator[Path]:
             _fsync(tmp)
         os.replace(tmp, final)
         _fsync(final.parent)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        full = disk_full(error, final)
+        if full is not None:
+            raise full from error
         raise
     finally:
         os.close(fd)

@@ -6,10 +6,12 @@ from collections.abc import Iterator
 import dagster as dg
 
 from pipeline.core.config import ConfigError
+from pipeline.core.files import DiskFullError
 from pipeline.core.layout import DataError
 
-USER_ERRORS = (ConfigError, DataError, FileNotFoundError)
-"""Bad settings, or a step whose inputs are not there yet: the message says what to do, a traceback would not."""
+USER_ERRORS = (ConfigError, DataError, FileNotFoundError, DiskFullError)
+"""Bad settings, a step whose inputs are not there yet or are damaged, a full disk: the message says what to do,
+a traceback would not."""
 
 
 @contextlib.contextmanager

@@ -4,14 +4,13 @@ import os
 
 import dagster as dg
 
-from pipeline.core.layout import alignment_problems
 from pipeline.core.vocabulary import load_tag_encoding, token_text
 from pipeline.defs.errors import user_errors
 from pipeline.defs.keys import asset_key, group_name
 from pipeline.defs.metadata import check_result, to_metadata
 from pipeline.defs.resources import TagcolorStorage
 from pipeline.sources.base import DatasetSpec
-from pipeline.stats import compute_data_stats
+from pipeline.stats import ALIGNMENT_CHECK, check_alignment, compute_data_stats
 
 
 class StatsConfig(dg.Config):
@@ -31,7 +30,7 @@ def stats_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         automation_condition=dg.AutomationCondition.eager(),
         check_specs=[
             dg.AssetCheckSpec(
-                "tokens_align_with_images",
+                ALIGNMENT_CHECK,
                 asset=stats_key,
                 description="images.parquet and tokens.npy both hold the dataset's images once each, in id order.",
             )
@@ -41,11 +40,11 @@ def stats_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
     def data_stats(config: StatsConfig, storage: TagcolorStorage) -> dg.MaterializeResult:
         with user_errors():
             paths, live = storage.paths(spec.name), storage.resolve(spec)
+            aligned = check_alignment(paths, live.n_images)  # recorded first: a failure stops the statistics too
             decode = token_text(load_tag_encoding(storage.vocabulary_dir))
             result = compute_data_stats(paths, live.n_shards, decode, workers=config.workers or os.cpu_count() or 1)
             return dg.MaterializeResult(
-                metadata=to_metadata(result.metadata),
-                check_results=[check_result(alignment_problems(paths, live.n_images), "tokens_align_with_images")],
+                metadata=to_metadata(result.metadata), check_results=[check_result(aligned, ALIGNMENT_CHECK)]
             )
 
     return [data_stats]

@@ -1,6 +1,7 @@
 """``colorizer``: the cWGAN-GP, trained by ``python -m model.train`` in its own process, through Pipes."""
 
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -63,6 +64,23 @@ def check_training_config(spec: DatasetSpec, config: ColorizerConfig, data_root:
         raise dg.Failure(description=f"training config: {error}") from error
 
 
+def run_training(
+    context: dg.AssetExecutionContext, pipes: dg.PipesSubprocessClient, command: list[str], failure: Path
+) -> dg.MaterializeResult:
+    """Run the trainer through Pipes; where it ends in a user error (a damaged file, a full disk), the step fails
+    with that error's one line, which the trainer writes to ``failure``, not with its exit code."""
+    from model.train import FAILURE_EXTRA  # torch: loaded by this step only
+
+    try:
+        extras = {FAILURE_EXTRA: str(failure)}
+        invocation = pipes.run(context=context, command=command, cwd=str(REPO_ROOT), extras=extras)
+    except Exception as error:
+        if failure.is_file():
+            raise dg.Failure(description=failure.read_text()) from error
+        raise
+    return invocation.get_materialize_result()
+
+
 def training_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
     @dg.asset(
         key=asset_key(spec, "colorizer"),
@@ -81,10 +99,10 @@ def training_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         check_training_config(spec, config, storage.paths(spec.name).root)
         command = training_command(spec, config, storage.paths(spec.name).root)
         context.log.info(" ".join(command))
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="tagcolor-colorizer-") as scratch:
             # Dagster's own Pipes client reads one of its preview properties: nothing here to act on.
             warnings.filterwarnings("ignore", r"Function `PipesMessageReader\.", dg.PreviewWarning)
-            result = pipes.run(context=context, command=command, cwd=str(REPO_ROOT)).get_materialize_result()
+            result = run_training(context, pipes, command, Path(scratch) / "failure.txt")
         return dg.MaterializeResult(metadata=readable(result.metadata or {}))
 
     return [colorizer]

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.config import ConfigError
 from pipeline.core.files import atomic_path
-from pipeline.core.layout import DatasetPaths, Split
+from pipeline.core.layout import PARQUET_ERRORS, DatasetPaths, Split, read_table
 from pipeline.datasets import resolve_repo_path
 from pipeline.sources import base
 from pipeline.sources.base import DatasetSpec, PhotoUnavailable, Progress, SourceResult, TagFileUnreadable
@@ -115,7 +115,9 @@ def read_manifest(paths: DatasetPaths) -> pd.DataFrame:
     path = paths.raw / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: materialize {paths.root.name}/archives first")
-    return pd.read_parquet(path).sort_values("image_id", ignore_index=True)
+    # The manifest fixes every photo's id: a new scan would number the photos anew, so a backup comes first.
+    remedy = f"restore it from a backup, or delete it and {paths.remedy('archives', ARCHIVE)} and every asset after"
+    return read_table(path, remedy).sort_values("image_id", ignore_index=True)
 
 
 def update_manifest(root: Path, old: pd.DataFrame | None) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -203,7 +205,10 @@ class Spec(DatasetSpec):
         """The size the manifest records and the shard size the first scan fixed (none yet: no shards)."""
         split = Split.read(paths)
         manifest = paths.raw / MANIFEST
-        n_images = pq.read_metadata(manifest).num_rows if manifest.is_file() else 0
+        try:
+            n_images = pq.read_metadata(manifest).num_rows if manifest.is_file() else 0
+        except PARQUET_ERRORS:  # damaged: the definitions still load, and reading it says what to do
+            n_images = 0
         return dataclasses.replace(self, n_images=n_images, shard_size=split.shard_size if split else self.shard_size)
 
     def archives(self) -> list[str]:

@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.core.color import rgb_to_lab_u8
 from pipeline.core.config import ConfigError
 from pipeline.core.files import atomic_write_text
-from pipeline.core.layout import DatasetPaths
+from pipeline.core.layout import DatasetPaths, npy_header
 from pipeline.datasets import resolve_repo_path
 from pipeline.sources import download
 from pipeline.sources.base import MISSING, DatasetSpec, PhotoUnavailable, Progress, SourceResult, Verdict
@@ -50,12 +50,10 @@ GEOMETRIES = ("crop", "resize")
 
 def _memmap(path: Path, shape_hint: str) -> np.ndarray:
     """The array at ``path``, memory-mapped; a missing or damaged file is refused naming the expected shape."""
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: expected uint8 {shape_hint}")
-    try:
-        return np.load(path, mmap_mode="r")
-    except (OSError, ValueError, EOFError) as error:
-        raise ConfigError(f"{path}: not a readable .npy ({error}); expected uint8 {shape_hint}") from error
+    problem = npy_header(path)[2]
+    if problem:
+        raise ConfigError(f"{path}: {problem}; expected uint8 {shape_hint} as published")
+    return np.load(path, mmap_mode="r")
 
 
 @dataclass(frozen=True)
@@ -143,7 +141,8 @@ class Spec(DatasetSpec):
     def on_disk(self, paths: DatasetPaths) -> Spec:
         root = self.arrays_root(paths)
         lightness = root / L_FILE if root else None
-        n_images = int(np.load(lightness, mmap_mode="r").shape[0]) if lightness and lightness.is_file() else 0
+        shape, _, problem = npy_header(lightness) if lightness else ((), None, "none")
+        n_images = 0 if problem else shape[0]  # a damaged array is reported by archives, not while loading
         return dataclasses.replace(self, n_images=n_images)
 
     def obtain(self, archive: str, paths: DatasetPaths, base_url: str | None, progress: Progress) -> SourceResult:
