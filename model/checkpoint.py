@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from model.config import ARCHITECTURE_KEYS, TrainConfig
 from model.data import Position, TokenIndex
@@ -184,13 +185,15 @@ WEIGHTS_UNPICKLER = "WeightsUnpickler error:"
 
 
 def checkpoint_remedy(path: Path) -> str:
-    """What makes a checkpoint again: training its run once more, named by the dataset it lies in."""
+    """What makes a checkpoint again: training its run once more, on the dataset its ``config.yaml`` names."""
     run_dir = path.parent
-    if run_dir.parent.name != "runs":
+    try:
+        data_root = yaml.safe_load((run_dir / "config.yaml").read_text())["data_root"]
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
         return "train its run again, or name another checkpoint"
-    again = DatasetPaths(run_dir.parent.parent).remedy("colorizer").replace("materialize ", "", 1)
+    colorizer = DatasetPaths(Path(str(data_root))).remedy("colorizer").removeprefix("materialize ")
     return (
-        f"train run {run_dir.name} again (materialize {again} with run_name {run_dir.name}; with resume=true it"
+        f"train run {run_dir.name} again (materialize {colorizer} with run_name {run_dir.name}; with resume=true it"
         " continues from its newest intact ckpt_<step>.pt)"
     )
 
@@ -215,7 +218,8 @@ def _validated(path: Path) -> dict[str, Any]:
         # torch wraps whatever its safe unpickler refuses in a page of advice on untrusted files; the reason
         # itself follows "WeightsUnpickler error:".
         text = str(error).partition(WEIGHTS_UNPICKLER)[2] or str(error)
-        reason = next((line.strip() for line in text.splitlines() if line.strip()), "")[:200]
+        line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        reason = line.split(". ")[0][:200]  # the first sentence: the rest is advice on miniz or pickles
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {reason})") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint")

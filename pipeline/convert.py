@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.core.color import NEUTRAL_AB, colorfulness, lab_u8_to_rgb, rgb_to_lab_u8
-from pipeline.core.files import atomic_path, disk_text, free_space
+from pipeline.core.files import atomic_path, disk_text, free_space, reports_disk_full
 from pipeline.core.layout import CheckRecord, DataError, DatasetPaths, shard_problems, write_npy_header
 from pipeline.core.photos import (
     QUARTER_TURNS,
@@ -358,27 +358,28 @@ def convert_shard(spec: DatasetSpec, paths: DatasetPaths, shard: int, counts: Ta
         reasons[UNSAFE_MEMBERS] += photos.unsafe_entries(ids)
         shard_tmp = stack.enter_context(atomic_path(paths.shard(shard), suffix=".npy"))
         rows_tmp = stack.enter_context(atomic_path(paths.shard_rows(shard), suffix=".parquet"))
-        shard_file = stack.enter_context(shard_tmp.open("wb"))
-        offset, row_bytes = write_npy_header(shard_file, (n, size, size, 3), np.uint8), size * size * 3
-        for row, image_id in enumerate(ids):
-            try:
-                photo = photos.read(image_id)
-                image = decode_to_lab(photo, size) if isinstance(photo, bytes) else lab_photo(photo, size)
-            except PhotoUnavailable as error:
-                reasons[error.reason] += 1
-                reason[row] = error.reason
-                dims[row] = error.width, error.height
-                continue
-            shard_file.seek(offset + row * row_bytes)
-            shard_file.write(image.lab)
-            valid[row] = True
-            dims[row] = image.width, image.height
-            grayscale[row] = is_grayscale(image.lab)
-            colourful[row] = colorfulness(image.rgb)
-            reasons[NOT_JPEG] += isinstance(photo, bytes) and not image.is_jpeg
-            reasons[CMYK] += image.mode == "CMYK"
-            reasons[ROTATED] += image.rotated
-            reasons[ICC_CONVERTED] += image.icc_converted
+        # Written and closed before the rows table: a full disk then names the shard, not its rows.
+        with reports_disk_full(paths.shard(shard)), shard_tmp.open("wb") as shard_file:
+            offset, row_bytes = write_npy_header(shard_file, (n, size, size, 3), np.uint8), size * size * 3
+            for row, image_id in enumerate(ids):
+                try:
+                    photo = photos.read(image_id)
+                    image = decode_to_lab(photo, size) if isinstance(photo, bytes) else lab_photo(photo, size)
+                except PhotoUnavailable as error:
+                    reasons[error.reason] += 1
+                    reason[row] = error.reason
+                    dims[row] = error.width, error.height
+                    continue
+                shard_file.seek(offset + row * row_bytes)
+                shard_file.write(image.lab)
+                valid[row] = True
+                dims[row] = image.width, image.height
+                grayscale[row] = is_grayscale(image.lab)
+                colourful[row] = colorfulness(image.rgb)
+                reasons[NOT_JPEG] += isinstance(photo, bytes) and not image.is_jpeg
+                reasons[CMYK] += image.mode == "CMYK"
+                reasons[ROTATED] += image.rotated
+                reasons[ICC_CONVERTED] += image.icc_converted
         columns = [
             np.arange(ids.start, ids.stop, dtype=np.int64),
             np.full(n, shard, dtype=np.int32),

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import tiktoken
 
 from pipeline.core.contract import PAD_ID, TOKENS_PER_IMAGE, VOCAB_SIZE_WITH_PAD, WORDS_PER_IMAGE
-from pipeline.core.files import atomic_path, atomic_write_text
+from pipeline.core.files import atomic_path, atomic_write_text, reports_disk_full
 from pipeline.core.layout import DatasetPaths, write_npy_header
 from pipeline.core.vocabulary import encode_tags, kept_words, tag_text
 from pipeline.sources.base import DatasetSpec, TagFileUnreadable, TagSource
@@ -157,14 +157,16 @@ def build_tag_tokens(
     ):
         unsafe = files.unsafe_entries()
         write_npy_header(out, (n, TOKENS_PER_IMAGE), np.int32)
-        with pq.ParquetWriter(table_tmp, TAGS_SCHEMA) as writer:
+        # Both files grow chunk by chunk: a full disk names the one whose write failed.
+        with reports_disk_full(paths.tags_table), pq.ParquetWriter(table_tmp, TAGS_SCHEMA) as writer:
             for start in range(0, n, chunk_size):
                 ids = range(start, min(start + chunk_size, n))
                 batch = read_tags(files, ids)
                 tokens, n_tokens = encode_tags(
                     [tag_text(tags) for tags in batch.tags], encoding, num_threads=num_threads
                 )
-                out.write(np.ascontiguousarray(tokens, dtype=np.int32).data)  # the chunk's rows, in order
+                with reports_disk_full(paths.tokens):
+                    out.write(np.ascontiguousarray(tokens, dtype=np.int32).data)  # the chunk's rows, in order
                 n_tags = np.fromiter(map(len, batch.tags), dtype=np.int32, count=len(ids))
                 writer.write_table(
                     pa.table(

@@ -62,6 +62,23 @@ def disk_full(error: BaseException, path: Path, writing: str = "") -> DiskFullEr
     )
 
 
+@contextlib.contextmanager
+def reports_disk_full(path: Path, writing: str = "") -> Iterator[None]:
+    """A write in the block that fails on a full disk ends in a :class:`DiskFullError` naming ``path``.
+
+    :func:`atomic_path` does this for its own file; a block writing several files at once (the shard and its
+    rows, the token matrix and the tags table) wraps each file's writes, so the error names the file whose write
+    failed, not the innermost one being written.
+    """
+    try:
+        yield
+    except BaseException as error:
+        full = disk_full(error, path, writing)
+        if full is None:
+            raise
+        raise full from error
+
+
 def _temporary_name(final: Path) -> re.Pattern[str]:
     """Names :func:`atomic_path` gives the temporaries of ``final``: ``.<name>.<8 random>.tmp[<suffix>]``."""
     return re.compile(rf"\.{re.escape(final.name)}\.[a-z0-9_]{{8}}\.tmp(\.\w+)?")

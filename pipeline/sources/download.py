@@ -25,7 +25,7 @@ from pathlib import Path
 
 import requests
 
-from pipeline.core.files import atomic_write_text, disk_full
+from pipeline.core.files import atomic_write_text, reports_disk_full
 
 ACCEPTED_SCHEMES = ("http", "https", "file")
 MAX_BACKOFF_S = 60.0
@@ -304,18 +304,13 @@ def _transfer(
                     total = body.total
                 if body.start != part.size:
                     part.truncate()
-                try:
-                    with part.path.open("ab") as out:
-                        for chunk in body.chunks:
-                            out.write(chunk)
-                            part.count(chunk)
-                            fetched += len(chunk)
-                            meter.report(part.size, fetched, total)
-                except OSError as error:
-                    full = disk_full(error, part.path, "the download so far, kept for the next run to resume")
-                    if full is None:
-                        raise
-                    raise full from error
+                kept = "the download so far, kept for the next run to resume"
+                with reports_disk_full(part.path, kept), part.path.open("ab") as out:
+                    for chunk in body.chunks:
+                        out.write(chunk)
+                        part.count(chunk)
+                        fetched += len(chunk)
+                        meter.report(part.size, fetched, total)
             if total is None or part.size >= total:
                 meter.report(part.size, fetched, total, final=True)
                 return attempts, fetched, total
