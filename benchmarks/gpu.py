@@ -10,7 +10,8 @@ with ``to_device`` alone; it is an estimate, and the data share overlaps compute
 
 The data: random Lab shards and tokens in the data contract, written to a temporary directory (throughput does
 not depend on what the photos show). On a machine without CUDA it says so and exits; ``--device cpu`` runs
-the same measurements there (slowly: small ``--steps``, ``--image-size`` and ``--batch-size`` check the script itself).
+the same measurements there on the GPU's code path (``gpu_path_on_cpu``: bf16 autocast, channels_last, fused
+Adam; slowly: small ``--steps``, ``--image-size`` and ``--batch-size`` check the script itself).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def data_seconds_per_batch(config: TrainConfig, device: torch.device, batches: i
         to_device(next(loader), device, config.image_size)
         started = time.perf_counter()
         for _ in range(batches):
-            batch = to_device(next(loader), device, config.image_size, channels_last=device.type == "cuda")
+            batch = to_device(next(loader), device, config.image_size, channels_last=config.gpu_path(device))
         if device.type == "cuda":
             torch.cuda.synchronize()
         del batch
@@ -139,6 +140,7 @@ def main() -> None:
             [f"data_root={root}", f"runs_dir={Path(tmp) / 'runs'}", f"image_size={args.image_size}",
              f"device={args.device}", f"max_steps={total}", "log_every=1", f"ckpt_every={total}",
              "snapshot_every=0", "tensorboard=false", "holdout_shard=1", "shards=[0]", "min_token_count=1",
+             f"gpu_path_on_cpu={device.type == 'cpu'}",  # the CPU rehearses the GPU's code path
              *([f"batch_size={args.batch_size}"] if args.batch_size else [])],
         )  # fmt: skip
         print(f"gpu check on {name}: batch {base.batch_size}, {args.image_size}², n_critic {base.n_critic}, bf16")

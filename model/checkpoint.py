@@ -78,13 +78,14 @@ class TrainState:
 
 
 def new_state(config: TrainConfig, index: TokenIndex, device: torch.device) -> TrainState:
-    """Freshly initialised networks and optimizers (channels_last and fused Adam on CUDA)."""
+    """Freshly initialised networks and optimizers (channels_last and fused Adam on the GPU's code path)."""
     shape = architecture(config.to_dict())
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    gpu_path = config.gpu_path(device)
+    memory_format = torch.channels_last if gpu_path else torch.contiguous_format
     generator = Generator(index.size, **shape).to(device, memory_format=memory_format)
     critic = Critic(index.size, **shape).to(device, memory_format=memory_format)
     ema = copy.deepcopy(generator).eval().requires_grad_(False)
-    fused = True if device.type == "cuda" else None
+    fused = True if gpu_path else None
     betas = (config.betas[0], config.betas[1])
     return TrainState(
         generator=generator,

@@ -125,7 +125,11 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     bf16: bool = True
-    """bf16 autocast; only ever used on CUDA."""
+    """bf16 autocast, on CUDA (and on the CPU with ``gpu_path_on_cpu``)."""
+    gpu_path_on_cpu: bool = False
+    """On the CPU, train as on a GPU: bf16 autocast (with ``bf16``), channels_last tensors and fused Adam, so the
+    GPU presets' code path runs (and is tested) without a GPU; slower than the CPU's own path on most CPUs. What
+    only CUDA has stays CUDA-only: TF32 and cuDNN autotuning, pinned host memory, NCCL, GPU memory counts."""
     resume: bool = False
     """Continue exactly where ``runs/<run_name>/latest.pt`` stopped; without one, start as if false."""
     init_from: str | None = None
@@ -133,6 +137,10 @@ class TrainConfig:
     Used when the run has no ``latest.pt`` of its own yet (with ``resume``, a restarted run continues)."""
     prefetch: int = 4
     """Batches the loader's reader threads keep in flight ahead of the training loop."""
+
+    def gpu_path(self, device: torch.device) -> bool:
+        """Whether training on ``device`` takes the GPU's code path (bf16 autocast, channels_last, fused Adam)."""
+        return device.type == "cuda" or self.gpu_path_on_cpu
 
     @property
     def run_dir(self) -> Path:

@@ -463,8 +463,9 @@ def _train(
         photos = snapshot_photos(layout.paths, config.holdout_shard, config.shards, config.tokenizer)
         snapshots = SnapshotWriter(photos, state.ema, state.index, config.image_size, run_dir)
     with contextlib.ExitStack() as open_loaders, TensorBoard.open(config, ddp, state.step) as board:
-        on_cuda = device.type == "cuda"
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda and config.bf16 else contextlib.nullcontext()
+        on_cuda, gpu_path = device.type == "cuda", config.gpu_path(device)
+        bf16 = gpu_path and config.bf16
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         generator = torch.compile(state.generator) if config.compile else state.generator
         critic = torch.compile(state.critic) if config.compile else state.critic
         weights = LossWeights(config.gp_lambda * config.gp_every, config.drift, config.l1_weight)
@@ -484,7 +485,7 @@ def _train(
             stats_d: dict[str, torch.Tensor] = {}
             batches = config.n_critic if adversarial else 1  # the warm-up's step trains the generator only
             for update in range(batches):
-                batch = to_device(next(loader), device, config.image_size, channels_last=on_cuda)
+                batch = to_device(next(loader), device, config.image_size, channels_last=gpu_path)
                 if not adversarial:
                     continue
                 # The update's number, not a counter of this process, picks the penalised ones: resume-exact.
