@@ -131,7 +131,8 @@ class TrainConfig:
     GPU presets' code path runs (and is tested) without a GPU; slower than the CPU's own path on most CPUs. What
     only CUDA has stays CUDA-only: TF32 and cuDNN autotuning, pinned host memory, NCCL, GPU memory counts."""
     resume: bool = False
-    """Continue exactly where ``runs/<run_name>/latest.pt`` stopped; without one, start as if false."""
+    """Continue exactly where ``runs/<run_name>/latest.pt`` stopped (where it is damaged, the run's newest readable
+    ``ckpt_<step>.pt``); without a checkpoint, start as if false."""
     init_from: str | None = None
     """A previous run's checkpoint: weights and token index only; optimizers and data position start fresh.
     Used when the run has no ``latest.pt`` of its own yet (with ``resume``, a restarted run continues)."""
