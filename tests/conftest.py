@@ -78,3 +78,16 @@ def sample_instance(tmp_path_factory: pytest.TempPathFactory, vocabulary_dir: Pa
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-8000:]
     return SampleInstance(data=data, home=home, env=env, make_output=done.stdout)
+
+
+def training_refusal(*overrides: str) -> str:
+    """What ``python -m model.train key=value …`` says when it refuses to train: exit code 2 and one line."""
+    done = subprocess.run(
+        [sys.executable, "-m", "model.train", *overrides],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    return done.stderr.strip()
