@@ -163,6 +163,7 @@ class TrainingSet:
             )
         self._row_bytes = int(np.prod(self.image_shape))
         self._rows_start = {s: int(array.offset) for s, array in self.shards.items()}
+        self.paths = layout.paths
         self._files = {s: os.open(layout.paths.shard(s), os.O_RDONLY) for s in self.shards}
         weakref.finalize(self, _close_files, tuple(self._files.values()))
         if hasattr(os, "posix_fadvise"):  # not on macOS
@@ -186,7 +187,10 @@ class TrainingSet:
             shard, row = int(self.shard[item]), int(self.row[item])
             offset = self._rows_start[shard] + row * self._row_bytes
             if os.preadv(self._files[shard], [out[j]], offset) != self._row_bytes:
-                raise DataError(f"shard {shard} ends before its row {row}: the file changed after it was opened")
+                raise DataError(
+                    f"{self.paths.shard(shard)} ends before its row {row}: the file changed while training read it;"
+                    f" {self.paths.remedy('lab_shards', f'{shard:03d}')}, then resume"
+                )
         return np.asarray(self.tokens[self.global_index[items]])
 
 

@@ -121,7 +121,10 @@ def test_a_failing_reader_raises_data_error(dataset: Path) -> None:
     train_set = training_set(dataset)
     shard = dataset / "shards" / SHARD_NAME.format(shard=1)
     os.truncate(shard, shard.stat().st_size - 2 * SIZE * SIZE * 3)  # rows 8 and 9 of shard 1 are gone
-    failure = r"the batch loader failed: shard 1 ends before its row [89]"
+    failure = (
+        r"the batch loader failed: \S+/lab_001\.npy ends before its row [89]: the file changed while training read"
+        r" it; materialize \S+/lab_shards partition 001 \(dg launch .*\), then resume$"
+    )
     with (
         BatchLoader(train_set, token_index(dataset), BATCH, SEED, readers=3) as loader,
         pytest.raises(DataError, match=failure),
