@@ -173,7 +173,10 @@ def checkpoint_payload(state: TrainState, config: TrainConfig, rng: list[dict[st
 def save_checkpoint(run_dir: Path, payload: dict[str, Any], keep: int) -> Path:
     """Write ``ckpt_<step>.pt`` and ``latest.pt`` atomically; keep the newest ``keep`` step files."""
     path = run_dir / STEP_NAME.format(step=payload["step"])
-    with atomic_path(path, suffix=".pt") as tmp, tmp.open("wb") as file:
+    with (
+        atomic_path(path, suffix=".pt", writing=f"the checkpoint of step {payload['step']}") as tmp,
+        tmp.open("wb") as file,
+    ):
         torch.save(payload, file)  # through Python's file: a full disk then says ENOSPC, not "unexpected pos"
     with atomic_path(run_dir / LATEST, suffix=".pt") as tmp:
         shutil.copyfile(path, tmp)

@@ -356,10 +356,11 @@ def convert_shard(spec: DatasetSpec, paths: DatasetPaths, shard: int, counts: Ta
     with ExitStack() as stack:
         photos = stack.enter_context(spec.open_photos(paths))
         reasons[UNSAFE_MEMBERS] += photos.unsafe_entries(ids)
-        shard_tmp = stack.enter_context(atomic_path(paths.shard(shard), suffix=".npy"))
-        rows_tmp = stack.enter_context(atomic_path(paths.shard_rows(shard), suffix=".parquet"))
+        lab, rows = f"the Lab photos of shard {shard:03d}", f"the images.parquet rows of shard {shard:03d}"
+        shard_tmp = stack.enter_context(atomic_path(paths.shard(shard), suffix=".npy", writing=lab))
+        rows_tmp = stack.enter_context(atomic_path(paths.shard_rows(shard), suffix=".parquet", writing=rows))
         # Written and closed before the rows table: a full disk then names the shard, not its rows.
-        with reports_disk_full(paths.shard(shard)), shard_tmp.open("wb") as shard_file:
+        with reports_disk_full(paths.shard(shard), lab), shard_tmp.open("wb") as shard_file:
             offset, row_bytes = write_npy_header(shard_file, (n, size, size, 3), np.uint8), size * size * 3
             for row, image_id in enumerate(ids):
                 try:

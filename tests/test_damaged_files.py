@@ -257,13 +257,17 @@ def test_a_full_disk_names_the_file_being_written_and_the_space_left(
     write_raw(paths, photos())
     counts = TagCounts(np.zeros(5, np.int32), np.zeros(5, np.int32))
     full_disk("lab_000.npy")
-    with pytest.raises(DiskFullError, match=rf"^{re.escape(str(paths.shard(0)))}: {FULL}") as error:
+    with pytest.raises(
+        DiskFullError, match=rf"^{re.escape(str(paths.shard(0)))} \(the Lab photos of shard 000\): {FULL}"
+    ) as error:
         convert_shard(SPEC, paths, 0, counts)
     assert error.value.errno == errno.ENOSPC
     copy = pickle.loads(pickle.dumps(error.value))  # as a conversion worker's error reaches the Dagster run
     assert (str(copy), copy.errno) == (str(error.value), errno.ENOSPC)
     full_disk("000.parquet")
-    with pytest.raises(DiskFullError, match=rf"images\.parquet/000\.parquet: {FULL}"):
+    with pytest.raises(
+        DiskFullError, match=rf"images\.parquet/000\.parquet \(the images\.parquet rows of shard 000\): {FULL}"
+    ):
         convert_shard(SPEC, paths, 0, counts)
     storage = storage_from_environ({"TAGCOLOR_DATA_DIR": str(tmp_path), "TIKTOKEN_CACHE_DIR": str(vocabulary_dir)})
     full_disk("tokens.npy")
@@ -287,7 +291,9 @@ def test_a_full_disk_while_training_and_evaluating(
     with pytest.raises(DiskFullError, match=rf"stats/channel_summary\.parquet: {FULL}"):
         compute_data_stats(paths, 2, str)
     full_disk("ckpt_")
-    with pytest.raises(DiskFullError, match=rf"runs/full/ckpt_00000002\.pt: {FULL}"):  # through torch's zip writer
+    with pytest.raises(
+        DiskFullError, match=rf"runs/full/ckpt_00000002\.pt \(the checkpoint of step 2\): {FULL}"
+    ):  # through torch's zip writer
         train(config(paths, tmp_path, run_name="full", max_steps=2))
     assert not (tmp_path / "runs" / "full" / "latest.pt").exists()
     overrides = ["run_name=cli", "image_size=32", "batch_size=4", "max_steps=2", "base_channels=8", "depth=2"]
@@ -295,7 +301,9 @@ def test_a_full_disk_while_training_and_evaluating(
         train_module.main([f"data_root={paths.root}", f"runs_dir={tmp_path / 'runs'}", *overrides, "device=cpu"])
     assert exit_code.value.code == 2
     error = capsys.readouterr().err.strip()
-    assert re.fullmatch(rf"python -m model\.train: error: \S+/runs/cli/ckpt_00000002\.pt: {FULL}", error), error
+    assert re.fullmatch(
+        rf"python -m model\.train: error: \S+/runs/cli/ckpt_00000002\.pt \(the checkpoint of step 2\): {FULL}", error
+    ), error
     full_disk("result_collage.png")
     with pytest.raises(DiskFullError, match=rf"evaluation/result_collage\.png: {FULL}"):
         evaluate_run(tiny_run.paths, tiny_run.checkpoint.parent, n_images=8, out_dir=tmp_path / "evaluation")

@@ -113,14 +113,15 @@ def sweep_stale_temporaries(final: Path | str) -> list[Path]:
 
 
 @contextlib.contextmanager
-def atomic_path(final: Path | str, suffix: str = "") -> Iterator[Path]:
+def atomic_path(final: Path | str, suffix: str = "", writing: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``final``; move it into place only if the block succeeds.
 
     The temporary name keeps ``suffix`` (e.g. ``.npy``) so libraries that append extensions do not
     rename it behind our back; the final file is world-readable like any ordinarily created one. The writer
     holds an exclusive lock on the temporary until it is in place, so a sweep (see
     :func:`sweep_stale_temporaries`, done here first) never takes a live writer's file. A disk that fills up
-    meanwhile ends the block in a :class:`DiskFullError` naming ``final``, with the temporary removed.
+    meanwhile ends the block in a :class:`DiskFullError` naming ``final`` (and ``writing``, what it holds), with
+    the temporary removed.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +138,7 @@ def atomic_path(final: Path | str, suffix: str = "") -> Iterator[Path]:
         _fsync(final.parent)
     except BaseException as error:
         tmp.unlink(missing_ok=True)
-        full = disk_full(error, final)
+        full = disk_full(error, final, writing)
         if full is not None:
             raise full from error
         raise
