@@ -154,7 +154,7 @@ class TrainingSet:
             if rows.size and rows.max() >= len(array):
                 raise DataError(
                     f"{layout.paths.shard_rows(s)} names row {rows.max()} of shard {s}, which has {len(array)};"
-                    f" {layout.paths.remedy('lab_shards', f'{s:03d}')}"
+                    f" {layout.paths.shard_remedy(s)}"
                 )
         if self.global_index.size and self.global_index.max() >= len(self.tokens):
             raise DataError(
@@ -189,7 +189,7 @@ class TrainingSet:
             if os.preadv(self._files[shard], [out[j]], offset) != self._row_bytes:
                 raise DataError(
                     f"{self.paths.shard(shard)} ends before its row {row}: the file changed while training read it;"
-                    f" {self.paths.remedy('lab_shards', f'{shard:03d}')}, then resume"
+                    f" {self.paths.shard_remedy(shard)}, then resume"
                 )
         return np.asarray(self.tokens[self.global_index[items]])
 

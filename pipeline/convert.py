@@ -34,7 +34,7 @@ from PIL import Image
 
 from pipeline.core.color import NEUTRAL_AB, colorfulness, lab_u8_to_rgb, rgb_to_lab_u8
 from pipeline.core.files import atomic_path, disk_text, free_space, reports_disk_full
-from pipeline.core.layout import CheckRecord, DataError, DatasetPaths, shard_problems, write_npy_header
+from pipeline.core.layout import CheckRecord, DataError, DatasetPaths, shard_key, shard_problems, write_npy_header
 from pipeline.core.photos import (
     QUARTER_TURNS,
     TRANSPOSE,
@@ -515,7 +515,7 @@ def prepare_shards(
     problems = []
     for result in results:
         found = "; ".join(shard_problems(paths, result.shard, spec.shard_ids(result.shard), spec.image_size))
-        CheckRecord("shard_contract", "lab_shards", found, f"{result.shard:03d}").write(paths)
+        CheckRecord("shard_contract", "lab_shards", found, shard_key(result.shard)).write(paths)
         problems += [found] if found else []
     checks = {"shard_contract": Verdict("; ".join(problems)), **spec.verify(paths)}
     for name, verdict in checks.items():

@@ -36,6 +36,11 @@ SHARD_ROWS_FILE = re.compile(r"(\d{3,})\.parquet")
 """``images.parquet/NNN.parquet``: one shard's rows (temporaries start with a dot and never match)."""
 
 
+def shard_key(shard: int) -> str:
+    """A shard's partition key of ``lab_shards`` (``000``, ``001``, …), which also names its rows' file."""
+    return f"{shard:03d}"
+
+
 def _below_root(name: str, doc: str) -> property:
     """The read-only attribute ``root / name`` of a :class:`DatasetPaths`."""
     return property(lambda self: self.root / name, doc=doc)
@@ -68,13 +73,18 @@ class DatasetPaths:
         return self.shards / SHARD_NAME.format(shard=shard)
 
     def shard_rows(self, shard: int) -> Path:
-        return self.images_table / f"{shard:03d}.parquet"
+        return self.images_table / f"{shard_key(shard)}.parquet"
 
     def remedy(self, asset: str, partition: str | None = None) -> str:
         """What makes a file of this dataset (again): the asset, its partition, and the command that runs it."""
         key = f"{self.root.name}/{asset}"
         where, flag = (f" partition {partition}", f" --partition {partition}") if partition else ("", "")
         return f"materialize {key}{where} (dg launch --assets '{key}'{flag})"
+
+    def shard_remedy(self, shard: int) -> str:
+        """:meth:`remedy` of a shard's files (its Lab rows, its ``images.parquet`` rows): its ``lab_shards``
+        partition."""
+        return self.remedy("lab_shards", shard_key(shard))
 
     def latest_run(self) -> Path | None:
         """The run directory whose ``latest.pt`` was written last, if any run has one."""
@@ -102,7 +112,7 @@ class Sharding:
 
     def shard_keys(self) -> list[str]:
         """Partition keys of ``lab_shards``: ``000``, ``001``, …"""
-        return [f"{shard:03d}" for shard in range(self.n_shards)]
+        return [shard_key(shard) for shard in range(self.n_shards)]
 
     def shard_ids(self, shard: int) -> range:
         """Image ids (global order, rows of ``tokens.npy``) held by ``shard``."""
@@ -218,10 +228,10 @@ def open_npy(path: Path, dtype: type | np.dtype, shape: Sequence[int | None], re
 
 def open_shard(paths: DatasetPaths, shard: int) -> np.ndarray:
     """Shard ``shard``'s Lab rows, memory-mapped: uint8 ``(n, S, S, 3)``, whole, else a :class:`DataError`."""
-    path, key = paths.shard(shard), f"{shard:03d}"
-    array = open_npy(path, np.uint8, (None, None, None, 3), paths.remedy("lab_shards", key))
+    path = paths.shard(shard)
+    array = open_npy(path, np.uint8, (None, None, None, 3), paths.shard_remedy(shard))
     if array.shape[1] != array.shape[2]:
-        raise DataError(f"{path}: shape {array.shape}, expected square photos; {paths.remedy('lab_shards', key)}")
+        raise DataError(f"{path}: shape {array.shape}, expected square photos; {paths.shard_remedy(shard)}")
     return array
 
 
@@ -358,9 +368,7 @@ def read_images_table(
     shards = shard_rows_on_disk(paths) if shards is None else shards
     if not shards:
         raise DataError(f"{paths.images_table} holds no shard's rows; {paths.remedy('lab_shards')}")
-    frames = [
-        read_table(paths.shard_rows(shard), paths.remedy("lab_shards", f"{shard:03d}"), columns) for shard in shards
-    ]
+    frames = [read_table(paths.shard_rows(shard), paths.shard_remedy(shard), columns) for shard in shards]
     return pd.concat(frames, ignore_index=True).sort_values("image_id", ignore_index=True)
 
 
@@ -372,7 +380,7 @@ def shard_problems(paths: DatasetPaths, shard: int, ids: range, image_size: int)
     if problem:
         problems.append(f"{path.name}: {problem}")
     try:
-        rows = read_table(paths.shard_rows(shard), paths.remedy("lab_shards", f"{shard:03d}"), ["image_id", "row"])
+        rows = read_table(paths.shard_rows(shard), paths.shard_remedy(shard), ["image_id", "row"])
     except DataError as error:
         return [*problems, str(error)]
     if not (np.array_equal(rows["image_id"], np.asarray(ids)) and np.array_equal(rows["row"], np.arange(len(ids)))):
