@@ -657,7 +657,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 pipes.log.error(str(error))
                 failure = pipes.extras.get(FAILURE_EXTRA)
                 if failure:  # the Dagster step fails with this line instead of the exit code
-                    atomic_write_text(Path(failure), str(error))
+                    with contextlib.suppress(OSError):  # a full disk: the line above reached the run's log anyway
+                        Path(failure).write_text(str(error))
                 message = str(error)
             else:
                 pipes.report_asset_materialization(metadata=pipes_metadata(result))
