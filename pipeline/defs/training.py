@@ -71,8 +71,8 @@ def run_training(
     with that error's one line, which the trainer writes to ``failure``, not with its exit code."""
     from model.train import FAILURE_EXTRA  # torch: loaded by this step only
 
+    extras = {FAILURE_EXTRA: str(failure)}
     try:
-        extras = {FAILURE_EXTRA: str(failure)}
         invocation = pipes.run(context=context, command=command, cwd=str(REPO_ROOT), extras=extras)
     except Exception as error:
         if failure.is_file():
