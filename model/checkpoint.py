@@ -20,19 +20,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from model.config import ARCHITECTURE_KEYS, TrainConfig
 from model.data import Position, TokenIndex
 from model.networks import Critic, Generator
 from pipeline.core.files import atomic_path
-from pipeline.core.layout import DataError, DatasetPaths
+from pipeline.core.layout import LATEST_CHECKPOINT, DataError, DatasetPaths, read_run_config
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "tagcolor-cwgan-gp"
 VERSION = 1
-LATEST = "latest.pt"
 STEP_NAME = "ckpt_{step:08d}.pt"
 STEP_GLOB = STEP_NAME.replace("{step:08d}", "*")
 
@@ -178,7 +176,7 @@ def save_checkpoint(run_dir: Path, payload: dict[str, Any], keep: int) -> Path:
         tmp.open("wb") as file,
     ):
         torch.save(payload, file)  # through Python's file: a full disk then says ENOSPC, not "unexpected pos"
-    with atomic_path(run_dir / LATEST, suffix=".pt") as tmp:
+    with atomic_path(run_dir / LATEST_CHECKPOINT, suffix=".pt") as tmp:
         shutil.copyfile(path, tmp)
     for old in sorted(run_dir.glob(STEP_GLOB))[:-keep]:
         old.unlink()
@@ -192,8 +190,8 @@ def checkpoint_remedy(path: Path) -> str:
     """What makes a checkpoint again: training its run once more, on the dataset its ``config.yaml`` names."""
     run_dir = path.parent
     try:
-        data_root = yaml.safe_load((run_dir / "config.yaml").read_text())["data_root"]
-    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        data_root = read_run_config(run_dir)["data_root"]
+    except (DataError, KeyError):
         return "train its run again, or name another checkpoint"
     colorizer = DatasetPaths(Path(str(data_root))).remedy("colorizer").removeprefix("materialize ")
     return (
@@ -242,7 +240,7 @@ def _validated(path: Path) -> dict[str, Any]:
 
 def has_checkpoint(run_dir: Path) -> bool:
     """Whether a run directory holds a checkpoint to resume: ``latest.pt`` or a ``ckpt_<step>.pt``."""
-    return (run_dir / LATEST).is_file() or any(run_dir.glob(STEP_GLOB))
+    return (run_dir / LATEST_CHECKPOINT).is_file() or any(run_dir.glob(STEP_GLOB))
 
 
 def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Path]:
@@ -253,7 +251,7 @@ def load_resumable(run_dir: Path) -> tuple[dict[str, Any], Path]:
     newest), and a run resumed from an earlier step repeats the steps after it exactly; only the time they took
     is lost. It never falls back to anything but the run's own step files (no best or exported weights).
     """
-    candidates = [run_dir / LATEST, *sorted(run_dir.glob(STEP_GLOB), reverse=True)]
+    candidates = [run_dir / LATEST_CHECKPOINT, *sorted(run_dir.glob(STEP_GLOB), reverse=True)]
     refused: list[str] = []
     for path in candidates:
         try:

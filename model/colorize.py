@@ -21,13 +21,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
 
 from model.checkpoint import CheckpointError
 from model.data import TokenIndex
+from model.device import resolve_device
 from model.inference import Colorizer
 from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb, rgb_to_lab_u8
+from pipeline.core.config import ConfigError
 from pipeline.core.contract import WORDS_PER_IMAGE
 from pipeline.core.files import atomic_path
 from pipeline.core.photos import center_square, srgb_pixels
@@ -182,13 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if clashes:
         parser.error(f"several photos would be written to {', '.join(clashes)}; use distinct names")
     try:
-        device = torch.device(args.device)
-    except RuntimeError as error:
-        parser.error(f"--device {args.device}: {error}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: this torch build sees no GPU (install a CUDA build, or use cpu)")
+        device = resolve_device(args.device)
+    except ConfigError as error:
+        parser.error(str(error))
     try:
-        colorizer = Colorizer.from_checkpoint(args.checkpoint, device=args.device)
+        colorizer = Colorizer.from_checkpoint(args.checkpoint, device=str(device))
         tokens = [tag_ids(parse_tags(text), colorizer.index) for text in tag_sets]
     except (CheckpointError, VocabularyError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")

@@ -19,8 +19,9 @@ import torch
 import yaml
 
 from model.data import TOKENIZERS
+from model.device import resolve_device
 from model.plan import PlanError, TrainingPlan, resolve_subsets
-from pipeline.core.config import typed_value
+from pipeline.core.config import ConfigError, dataclass_from_mapping, typed_value
 from pipeline.core.layout import DataError, DatasetLayout, open_shard, read_layout
 
 ARCHITECTURE_KEYS = ("base_channels", "depth", "token_dim", "pool")
@@ -195,11 +196,10 @@ def _check_values(config: TrainConfig) -> None:
     _require(config.pool in ("mean", "attention"), "pool", f"must be 'mean' or 'attention', got {config.pool!r}")
     _require(config.tokenizer in TOKENIZERS, "tokenizer", f"must be one of {TOKENIZERS}, got {config.tokenizer!r}")
     _require(config.device in ("auto", "cpu", "cuda"), "device", f"must be auto, cpu or cuda, not {config.device!r}")
-    _require(
-        config.device != "cuda" or torch.cuda.is_available(),
-        "device",
-        "cuda requested but this torch sees no GPU (install a CUDA build of torch, or use auto or cpu)",
-    )
+    try:
+        resolve_device(config.device)
+    except ConfigError as error:
+        raise TrainConfigError(str(error)) from None
     _require(
         config.tensorboard is not True or importlib.util.find_spec("tensorboard") is not None,
         "tensorboard",
@@ -251,7 +251,7 @@ def validate_train_config(config: TrainConfig) -> TrainConfig:
     layout = _check_data(config)
     holdout = config.holdout_shard
     if holdout is None:
-        holdout = layout.n_shards - 1 if layout.holdout_shard is None else layout.holdout_shard
+        holdout = layout.holdout_shard
     shards = config.shards if config.shards is not None else [s for s in range(layout.n_shards) if s != holdout]
     _require(holdout not in shards, "holdout_shard", f"shard {holdout} is held out but listed in 'shards'")
     _require(bool(shards), "shards", f"no shard is left for training besides the held-out {holdout}")
@@ -314,11 +314,10 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """Build a config from plain values; unknown keys and wrongly typed values are refused by name."""
-    hints = typing.get_type_hints(TrainConfig)
-    unknown = sorted(set(values) - set(hints))
-    if unknown:
-        raise TrainConfigError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(hints))})")
-    return TrainConfig(**{key: _coerce(key, value, hints[key]) for key, value in values.items()})
+    try:
+        return dataclass_from_mapping(TrainConfig, values)
+    except TypeError as error:
+        raise TrainConfigError(str(error)) from None
 
 
 def load_train_config(path: Path | None, overrides: Sequence[str] = ()) -> TrainConfig:

@@ -33,10 +33,8 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from PIL import Image
 
-from model.checkpoint import LATEST
 from model.colorize import parse_tags, tag_ids
 from model.data import checkpoint_ids, token_rows
 from model.fid import GaussianMoments, MetricUnavailable, frechet_distance, inception_features, lpips_distance
@@ -44,7 +42,17 @@ from model.inference import Colorizer
 from model.metrics import ImageMetrics, Reference, image_metrics
 from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb, rgb_to_lab_u8
 from pipeline.core.files import atomic_write_text
-from pipeline.core.layout import DataError, DatasetPaths, open_shard, read_images_table, read_layout, read_table
+from pipeline.core.layout import (
+    LATEST_CHECKPOINT,
+    RUN_CONFIG,
+    DataError,
+    DatasetPaths,
+    open_shard,
+    read_images_table,
+    read_layout,
+    read_run_config,
+    read_table,
+)
 from pipeline.core.photos import center_square, srgb_pixels
 from pipeline.core.render import CollageRow, Markdown, preview_markdown, render_collage
 
@@ -329,27 +337,16 @@ def trained_split(run_dir: Path) -> tuple[int, list[int]]:
 
     Read, not re-validated: a run trained on a GPU is evaluated on a CPU-only machine just as well.
     """
-    saved = _run_config(run_dir)
+    saved = read_run_config(run_dir)
     try:
         return int(saved["holdout_shard"]), [int(s) for s in saved["shards"]]
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{run_dir / 'config.yaml'}: no readable holdout_shard and shards ({error})") from error
-
-
-def _run_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.yaml"
-    try:
-        saved = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"{path}: no readable holdout_shard and shards ({error})") from error
-    if not isinstance(saved, dict):
-        raise ValueError(f"{path}: no readable holdout_shard and shards (not a mapping)")
-    return saved
+        raise DataError(f"{run_dir / RUN_CONFIG}: no readable holdout_shard and shards ({error})") from error
 
 
 def run_train_mean(run_dir: Path, seed: int) -> tuple[np.ndarray, dict[str, Any]] | str:
     """The ``train_mean`` baseline of a run, from its own training shards; the reason where they are not here."""
-    saved = _run_config(run_dir)
+    saved = read_run_config(run_dir)
     paths = DatasetPaths(Path(str(saved.get("data_root", ""))))
     try:
         _, shards = trained_split(run_dir)
@@ -543,7 +540,7 @@ def evaluate(
 
 
 def run_checkpoint(run_dir: Path) -> Path:
-    checkpoint = run_dir / LATEST
+    checkpoint = run_dir / LATEST_CHECKPOINT
     if not checkpoint.is_file():
         raise FileNotFoundError(f"no checkpoint at {checkpoint}: train the run first")
     return checkpoint
@@ -562,7 +559,7 @@ def evaluate_run(
     it was trained on this dataset, else the dataset's recorded one. Results go to ``out_dir`` (default the
     dataset's ``evaluation/``); ``options`` go to :func:`evaluate`."""
     checkpoint = run_checkpoint(run_dir)
-    saved = _run_config(run_dir)
+    saved = read_run_config(run_dir)
     own = Path(str(saved.get("data_root", ""))).resolve() == paths.root.resolve()
     holdout = trained_split(run_dir)[0] if own else dataset_holdout(paths)
     eval_set = holdout_set(paths, holdout, run_tokenizer(run_dir), n_images, seed)
@@ -572,10 +569,9 @@ def evaluate_run(
 
 def run_tokenizer(run_dir: Path) -> str:
     """The tokenizer a run was trained with (runs from before the choice existed used o200k)."""
-    return str(_run_config(run_dir).get("tokenizer", "o200k"))
+    return str(read_run_config(run_dir).get("tokenizer", "o200k"))
 
 
 def dataset_holdout(paths: DatasetPaths) -> int:
     """The held-out shard a dataset recorded, else its last shard (as training chooses it)."""
-    layout = read_layout(paths.root)
-    return layout.n_shards - 1 if layout.holdout_shard is None else layout.holdout_shard
+    return read_layout(paths.root).holdout_shard

@@ -34,7 +34,6 @@ from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
 from PIL import Image
 
 from model.checkpoint import (
-    LATEST,
     TrainState,
     architecture,
     checkpoint_payload,
@@ -67,11 +66,12 @@ from model.data import (
     to_device,
     training_tokens,
 )
+from model.device import resolve_device
 from model.losses import LossWeights, critic_loss, generator_loss
 from model.plan import PlanError, Stage, TrainingPlan, plan_stages, stage_at
 from model.snapshots import SnapshotWriter, latest_snapshot, snapshot_photos
 from pipeline.core.files import DiskFullError, atomic_path, atomic_write_text
-from pipeline.core.layout import DataError, DatasetLayout, read_layout, read_table
+from pipeline.core.layout import LATEST_CHECKPOINT, RUN_CONFIG, DataError, DatasetLayout, read_layout, read_table
 from pipeline.core.render import preview_markdown
 
 if TYPE_CHECKING:
@@ -108,12 +108,6 @@ def distributed_from_env() -> Distributed:
     if "RANK" not in os.environ:
         return Distributed()
     return Distributed(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
-
-
-def select_device(setting: str, ddp: Distributed) -> torch.device:
-    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", ddp.local_rank)
 
 
 def broadcast_parameters(module: torch.nn.Module) -> None:
@@ -391,7 +385,7 @@ def train(config: TrainConfig, report: Callable[[dict[str, Any]], None] | None =
         raise TrainConfigError(
             f"gpus: the config asks for {config.gpus} process(es) per machine, torchrun started {launched}"
         )
-    device = select_device(config.device, ddp)
+    device = resolve_device(config.device, ddp.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -431,7 +425,7 @@ def _train(
         torch.manual_seed(config.seed + ddp.rank + state.step)
     rows = read_metrics(run_dir / METRICS, state.step) if resumed_rng is not None else []
     if ddp.is_main:
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        atomic_write_text(run_dir / RUN_CONFIG, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     layout = read_layout(Path(config.data_root), config.shards)
     stages, datasets = training_stages(config, layout, ddp.world_size)
@@ -551,7 +545,7 @@ def _train(
         progress = f"stage {current.number} of {len(stages)} (subset {current.subset}), {finished}"
     return TrainResult(
         step=state.step,
-        checkpoint=run_dir / LATEST,
+        checkpoint=run_dir / LATEST_CHECKPOINT,
         run_dir=run_dir,
         metrics=rows[-1] if rows else {},
         state=state,

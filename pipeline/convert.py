@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.core.color import NEUTRAL_AB, colorfulness, lab_u8_to_rgb, rgb_to_lab_u8
+from pipeline.core.contract import EMPTY, INVALID_REASONS, TOO_LARGE, TRUNCATED, UNDECODABLE, UNSUPPORTED
 from pipeline.core.files import atomic_path, disk_text, free_space, reports_disk_full
 from pipeline.core.layout import CheckRecord, DataError, DatasetPaths, shard_key, shard_problems, write_npy_header
 from pipeline.core.photos import (
@@ -45,22 +46,8 @@ from pipeline.core.photos import (
     to_srgb,
 )
 from pipeline.core.vocabulary import load_tag_encoding
-from pipeline.sources import base
 from pipeline.sources.base import DatasetSpec, PhotoUnavailable, Verdict
 from pipeline.tokens import tag_counts
-
-EMPTY = "empty"
-TRUNCATED = "truncated"
-UNDECODABLE = "undecodable"
-UNSUPPORTED = "unsupported"
-INVALID_REASONS = (
-    base.MISSING, EMPTY, TRUNCATED, UNDECODABLE, base.TOO_LARGE, base.BAD_MEMBER, UNSUPPORTED, base.CHANGED,
-    base.DUPLICATE,
-)  # fmt: skip
-"""Why a row is not valid: no such member, zero bytes, cut short, not an image Pillow reads, over the size
-limits, a zip member that cannot be read (bad CRC, encrypted, unknown compression), a format that needs a
-package not installed (HEIC without ``pillow-heif``), a photo file changed since it got its id, or a held-out
-photo that duplicates a training photo."""
 
 NOT_JPEG = "not_jpeg"
 """Counted, still valid: a decodable photo in another format (a PNG named ``.jpg``)."""
@@ -219,7 +206,7 @@ def _square_rgb(pixels: np.ndarray, size: int, icc: bytes | None, turn: int) -> 
 
 def _reason(error: Exception) -> str:
     if isinstance(error, Image.DecompressionBombError):
-        return base.TOO_LARGE
+        return TOO_LARGE
     return TRUNCATED if "truncated" in str(error).lower() else UNDECODABLE
 
 

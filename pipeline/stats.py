@@ -23,9 +23,10 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.convert import INVALID_REASONS, init_opencv_worker
+from pipeline.convert import init_opencv_worker
 from pipeline.core.color import LAB_OFFSET, LAB_SCALE
 from pipeline.core.contract import (
+    INVALID_REASONS,
     O200K_ORDINARY_TOKENS,
     O200K_VOCAB_SIZE,
     PAD_ID,
@@ -36,8 +37,8 @@ from pipeline.core.files import atomic_path
 from pipeline.core.layout import (
     CheckRecord,
     DataError,
+    DatasetLayout,
     DatasetPaths,
-    Split,
     alignment_problems,
     open_shard,
     open_tokens,
@@ -213,23 +214,22 @@ def shard_table(images: pd.DataFrame, n_shards: int) -> pd.DataFrame:
     return table.reset_index()
 
 
-def tokenizer_table(paths: DatasetPaths, n_shards: int) -> pd.DataFrame:
+def tokenizer_table(layout: DatasetLayout) -> pd.DataFrame:
     """The seed's argument for o200k against whole-tag words, side by side, one row per tokenizer on disk.
 
     Over the kept ids (pad excluded): the vocabulary's size, its ids never used, the ids occurring once
     (count and share of the ids used), the share of tagged images whose kept ids are all such singletons, and
     the share of the held-out shard's id occurrences absent from the training shards' vocabulary.
     """
-    split = Split.read(paths)
-    holdout = split.holdout_shard if split else n_shards - 1
+    paths = layout.paths
     rows = []
     sources = [("o200k", open_tokens(paths), PAD_ID, O200K_ORDINARY_TOKENS)]
     if paths.tag_words.is_file() and paths.words.is_file():
         sources.append(("words", open_tokens(paths, words=True), 0, len(read_words(paths)) - 1))
+    held_out = layout.shard_ids(layout.holdout_shard)
     for name, ids, pad, vocabulary in sources:
-        shard_size = -(-len(ids) // max(n_shards, 1))
         held = np.zeros(len(ids), dtype=bool)
-        held[holdout * shard_size : (holdout + 1) * shard_size] = True
+        held[held_out.start : held_out.stop] = True
         counts = np.bincount(np.asarray(ids).ravel(), minlength=pad + 1)
         counts[pad] = 0
         used = int((counts > 0).sum())
@@ -372,7 +372,7 @@ def compute_data_stats(
     ``decode_token`` gives a token id's text (:func:`pipeline.core.vocabulary.token_text`).
     """
     began = time.perf_counter()
-    read_layout(paths.root)
+    layout = read_layout(paths.root)
     images = read_images_table(paths)
     present = set(images["shard"].unique().tolist())
     if present != set(range(n_shards)):
@@ -399,7 +399,7 @@ def compute_data_stats(
     channels, channel_summary = channel_tables(hist)
     token_frequencies, token_summary, tokens_per_image = token_tables(open_tokens(paths), full_counts, decode_token)
     shards = shard_table(images, n_shards)
-    tokenizers = tokenizer_table(paths, n_shards)
+    tokenizers = tokenizer_table(layout)
     tables = {
         "channels": channels,
         "channel_summary": channel_summary,

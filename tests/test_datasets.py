@@ -58,23 +58,23 @@ def test_shard_spanning_two_archives_maps_to_both() -> None:
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        ({"colour": 1}, r"unknown key\(s\) \['colour'\] for kind 'mirflickr1m'"),
+        ({"colour": 1}, r"^flickr\.yaml: colour: unknown key"),
         ({"name": "Flickr!"}, "'name' must be lower-case"),
         (
             {"kind": "zip"},
             r"'kind' must be one of \['folder', 'kaggle_lab', 'mirflickr1m', 'mirflickr25k', 'synthetic'\], got 'zip'",
         ),
         ({"shard_size": 0}, "'shard_size' must be a positive integer, got 0"),
-        ({"n_images": "many"}, "'n_images': expected int, got 'many'"),
-        ({"image_size": True}, "'image_size': expected int, got True"),
-        ({"base_url": None}, "'base_url': expected str, got None"),
+        ({"n_images": "many"}, "^flickr.yaml: n_images: expected int"),
+        ({"image_size": True}, "^flickr.yaml: image_size: expected int"),
+        ({"base_url": None}, "^flickr.yaml: base_url: expected str"),
         ({"base_url": ""}, "'base_url' is required"),
-        ({"md5": ["x"]}, "'md5': expected a mapping"),
+        ({"md5": ["x"]}, "^flickr.yaml: md5: expected a mapping"),
         ({"md5": {"images7": "0" * 32}}, "'images7' is not an archive"),
         ({"md5": {"images0": "xyz"}}, "32 hex digits"),
         ({"base_url": "ftp://mirror/"}, "'base_url': .*'ftp'"),
-        ({"seed": 1}, r"unknown key\(s\) \['seed'\]"),
-        ({"train_config": 3}, "'train_config': expected str, got 3"),
+        ({"seed": 1}, r"^flickr\.yaml: seed: unknown key"),
+        ({"train_config": 3}, "^flickr.yaml: train_config: expected str"),
     ],
 )
 def test_malformed_spec_names_the_field(change: dict, field: str) -> None:
@@ -83,7 +83,7 @@ def test_malformed_spec_names_the_field(change: dict, field: str) -> None:
 
 
 def test_required_keys_are_named() -> None:
-    with pytest.raises(ConfigError, match=r"flickr\.yaml: missing key\(s\) \['shard_size'\] for kind 'mirflickr1m'"):
+    with pytest.raises(ConfigError, match=r"^flickr\.yaml: shard_size: missing"):
         parse_dataset_spec({k: v for k, v in MIRFLICKR1M.items() if k != "shard_size"}, "flickr.yaml")
 
 

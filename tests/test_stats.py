@@ -13,9 +13,8 @@ import pytest
 import tiktoken
 
 import pipeline.stats as stats
-from pipeline.convert import INVALID_REASONS
-from pipeline.core.contract import O200K_VOCAB_SIZE, PAD_ID, TOKENS_PER_IMAGE
-from pipeline.core.layout import DatasetPaths
+from pipeline.core.contract import INVALID_REASONS, O200K_VOCAB_SIZE, PAD_ID, TOKENS_PER_IMAGE
+from pipeline.core.layout import DatasetLayout, DatasetPaths
 from pipeline.stats import (
     channel_histograms,
     compute_data_stats,
@@ -447,7 +446,7 @@ def test_the_tokenizers_side_by_side_by_hand(tmp_path: Path) -> None:
     np.save(paths.tokens, tokens)
     np.save(paths.tag_words, words)
     paths.words.write_text(json.dumps(["", "a", "b"]))
-    table = stats.tokenizer_table(paths, n_shards=2).set_index("tokenizer")
+    table = stats.tokenizer_table(DatasetLayout(n_images=4, shard_size=2, paths=paths)).set_index("tokenizer")
     assert table.loc["o200k"].to_dict() == {
         "per_image": 20, "vocabulary": 199_998, "used": 3, "never_used": 199_995, "singletons": 2,
         "share_singletons": 2 / 3, "share_images_all_singletons": 1 / 3, "share_held_out_unseen": 1.0,
@@ -456,3 +455,15 @@ def test_the_tokenizers_side_by_side_by_hand(tmp_path: Path) -> None:
         "per_image": 8, "vocabulary": 2, "used": 2, "never_used": 0, "singletons": 1,
         "share_singletons": 0.5, "share_images_all_singletons": 0.0, "share_held_out_unseen": 0.0,
     }  # fmt: skip
+
+
+def test_the_held_out_shard_is_the_real_one_when_photos_do_not_divide_into_equal_shards(tmp_path: Path) -> None:
+    """50 photos in shards of 20: the held-out shard 2 holds photos 40 … 49, not the last ⌈50 / 3⌉ = 17."""
+    paths = DatasetPaths(tmp_path)
+    tokens = np.full((50, TOKENS_PER_IMAGE), PAD_ID, np.int32)
+    tokens[:40, 0], tokens[40:, 0] = 5, 9  # the training shards hold token 5 only, the held-out shard token 9 only
+    np.save(paths.tokens, tokens)
+    table = stats.tokenizer_table(DatasetLayout(n_images=50, shard_size=20, paths=paths)).set_index("tokenizer")
+    assert table.loc["o200k", "share_held_out_unseen"] == 1.0
+    recorded = DatasetLayout(n_images=50, shard_size=20, paths=paths, recorded_holdout=1)  # split.json: shard 1
+    assert stats.tokenizer_table(recorded).set_index("tokenizer").loc["o200k", "share_held_out_unseen"] == 0.0

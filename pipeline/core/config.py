@@ -6,7 +6,10 @@ import contextlib
 import dataclasses
 import types
 import typing
-from typing import Any
+from collections.abc import Collection, Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -53,22 +56,40 @@ def typed_value(value: Any, hint: Any) -> Any:
 
 
 def _dataclass_value(value: Any, hint: type) -> Any:
-    """A dataclass ``hint`` from a mapping of its fields (or itself); a wrong field is named in the error."""
+    """A dataclass ``hint`` from a mapping of its fields (or itself)."""
     if isinstance(value, hint):
         value = dataclasses.asdict(value)
     if not isinstance(value, dict):
         raise TypeError(f"expected a mapping of {', '.join(f.name for f in dataclasses.fields(hint))}, got {value!r}")
-    hints = typing.get_type_hints(hint)
-    unknown = sorted(set(value) - set(hints))
+    return dataclass_from_mapping(hint, value)
+
+
+def dataclass_from_mapping(cls: type[T], values: Mapping[str, Any], skip: Collection[str] = ()) -> T:
+    """``cls(**values)``, every value checked against its field's annotation (:func:`typed_value`): the one way a
+    mapping (YAML, ``key=value`` overrides, a nested setting) becomes a configuration dataclass.
+
+    An unknown key, a missing required one (fields in ``skip`` are neither) or a value of the wrong type raises
+    :class:`TypeError` starting with the key, which each caller prefixes with where the mapping came from.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {field.name: field for field in dataclasses.fields(cls) if field.init and field.name not in skip}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise TypeError(f"{unknown[0]}: unknown key (known: {', '.join(hints)})")
-    fields = {}
-    for key, item in value.items():
+        raise TypeError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(fields))})")
+    missing = [name for name, field in fields.items() if _is_required(field) and name not in values]
+    if missing:
+        raise TypeError(f"{missing[0]}: missing, and it has no default")
+    typed = {}
+    for key, value in values.items():
         try:
-            fields[key] = typed_value(item, hints[key])
+            typed[key] = typed_value(value, hints[key])
         except TypeError as error:
             raise TypeError(f"{key}: {error}") from None
-    return hint(**fields)
+    return cls(**typed)
+
+
+def _is_required(field: dataclasses.Field) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
 
 
 def _described(hint: Any) -> str:

@@ -40,3 +40,19 @@ def token_problems(tokens: np.ndarray) -> str:
     if inner_pads:
         problems.append(f"{inner_pads} rows have a token after a pad")
     return "; ".join(problems)
+
+
+MISSING = "missing"
+EMPTY = "empty"
+TRUNCATED = "truncated"
+UNDECODABLE = "undecodable"
+TOO_LARGE = "too_large"
+BAD_MEMBER = "bad_member"
+UNSUPPORTED = "unsupported"
+CHANGED = "changed"
+DUPLICATE = "duplicate"
+INVALID_REASONS = (MISSING, EMPTY, TRUNCATED, UNDECODABLE, TOO_LARGE, BAD_MEMBER, UNSUPPORTED, CHANGED, DUPLICATE)
+"""Why a row of ``images.parquet`` is not valid (its ``reason``): no such photo, zero bytes, cut short, not an
+image Pillow reads, over the size limits, an archive member that cannot be read (bad CRC, encrypted, unknown
+compression), a format that needs a package not installed (HEIC without ``pillow-heif``), a photo file changed
+since it got its id, or a held-out photo that duplicates a training photo."""

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import yaml
 
 from pipeline.core.config import ConfigError
 from pipeline.core.contract import SHARD_NAME, TOKENS_PER_IMAGE, WORDS_PER_IMAGE
@@ -31,6 +32,11 @@ from pipeline.core.files import atomic_write_text
 class DataError(ValueError):
     """The dataset on disk does not hold what a reader needs; the message says which step to run."""
 
+
+LATEST_CHECKPOINT = "latest.pt"
+"""``runs/<run_name>/latest.pt``: a run's newest checkpoint, the one it resumes from and is scored by."""
+RUN_CONFIG = "config.yaml"
+"""``runs/<run_name>/config.yaml``: the settings a run was trained with, every default resolved."""
 
 SHARD_ROWS_FILE = re.compile(r"(\d{3,})\.parquet")
 """``images.parquet/NNN.parquet``: one shard's rows (temporaries start with a dot and never match)."""
@@ -88,7 +94,7 @@ class DatasetPaths:
 
     def latest_run(self) -> Path | None:
         """The run directory whose ``latest.pt`` was written last, if any run has one."""
-        checkpoints = sorted(self.runs.glob("*/latest.pt"), key=lambda path: path.stat().st_mtime_ns)
+        checkpoints = sorted(self.runs.glob(f"*/{LATEST_CHECKPOINT}"), key=lambda path: path.stat().st_mtime_ns)
         return checkpoints[-1].parent if checkpoints else None
 
     def inside(self, path: Path) -> Path:
@@ -126,12 +132,16 @@ class Sharding:
 class DatasetLayout(Sharding):
     """A dataset found on disk: its files and its sharding, as a reader that has no config sees them.
 
-    ``holdout_shard`` is the shard the dataset keeps for evaluation where it recorded one (``split.json``);
-    None: the last shard, by convention.
+    ``recorded_holdout`` is the shard the dataset keeps for evaluation where it recorded one (``split.json``).
     """
 
     paths: DatasetPaths
-    holdout_shard: int | None = None
+    recorded_holdout: int | None = None
+
+    @property
+    def holdout_shard(self) -> int:
+        """The shard kept for evaluation: the recorded one, else the last shard."""
+        return self.n_shards - 1 if self.recorded_holdout is None else self.recorded_holdout
 
 
 @dataclass(frozen=True)
@@ -326,6 +336,20 @@ def refuse_failed_checks(paths: DatasetPaths) -> None:
         )
 
 
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The settings a run was trained with (its ``config.yaml``), as plain values."""
+    path = run_dir / RUN_CONFIG
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist: {run_dir} is not a training run") from None
+    except (OSError, yaml.YAMLError) as error:
+        raise DataError(f"{path}: not readable ({error})") from error
+    if not isinstance(saved, dict):
+        raise DataError(f"{path}: not a mapping of settings")
+    return saved
+
+
 def read_layout(root: Path, shards: Sequence[int] | None = None) -> DatasetLayout:
     """Inspect ``root``: the image count from ``tokens.npy``, the shard size from the rows of shard 0; refused
     while a recorded data check has not passed (:func:`refuse_failed_checks`).
@@ -348,7 +372,7 @@ def read_layout(root: Path, shards: Sequence[int] | None = None) -> DatasetLayou
         n_images=len(tokens),
         shard_size=max(sizes),
         paths=paths,
-        holdout_shard=split.holdout_shard if split else None,
+        recorded_holdout=split.holdout_shard if split else None,
     )
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 import dagster as dg
 
 from pipeline.core.config import ConfigError
-from pipeline.core.layout import DatasetPaths
+from pipeline.core.layout import RUN_CONFIG, DatasetPaths
 from pipeline.datasets import load_dataset_specs
 from pipeline.defs.errors import user_errors
 from pipeline.defs.keys import GPU_POOL, asset_key, group_name
@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_dir = paths.latest_run()
         if args.run:
             given = Path(args.run)
-            run_dir = given if (given / "config.yaml").is_file() else named_run(storage, args.dataset, args.run)
+            run_dir = given if (given / RUN_CONFIG).is_file() else named_run(storage, args.dataset, args.run)
         if run_dir is None:
             raise FileNotFoundError(f"no run under {paths.runs}: name one with --run")
         result = score(storage.resolve(specs[args.dataset]), paths, run_dir, config)

@@ -10,7 +10,6 @@ kind is one module and one line in :data:`pipeline.datasets.KINDS`.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -20,17 +19,9 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import pandas as pd
 
-from pipeline.core.config import ConfigError, typed_value
+from pipeline.core.config import ConfigError, dataclass_from_mapping
 from pipeline.core.layout import DatasetPaths, Sharding
 from pipeline.sources.download import DownloadProgress
-
-MISSING = "missing"
-TOO_LARGE = "too_large"
-BAD_MEMBER = "bad_member"
-CHANGED = "changed"
-DUPLICATE = "duplicate"
-"""Why a photo could not be read from its source: no such photo, over the size limit, a damaged entry, a
-file whose content changed since it was given its id, or a held-out photo that duplicates a training one."""
 
 MAX_PHOTO_BYTES = 64 << 20
 """A photo is ~100 KB to a few MB; an entry declaring more than this is refused before it is read."""
@@ -195,24 +186,9 @@ class DatasetSpec(Sharding):
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], source: str) -> DatasetSpec:
         """Validate a YAML mapping (without ``kind``) against this kind's fields; errors name the field."""
-        known = {field.name: field for field in dataclasses.fields(cls) if field.name not in cls.derived}
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {unknown} for kind {cls.kind!r}; allowed: {sorted(known)}")
-        required = [name for name, field in known.items() if _is_required(field) and name not in raw]
-        if required:
-            raise ConfigError(f"{source}: missing key(s) {required} for kind {cls.kind!r}")
-        hints = typing.get_type_hints(cls)
-        values = {}
-        for key, value in raw.items():
-            try:
-                values[key] = typed_value(value, hints[key])
-            except TypeError as error:
-                raise ConfigError(f"{source}: '{key}': {error}") from None
-        spec = cls(**values)
+        try:
+            spec = dataclass_from_mapping(cls, raw, skip=cls.derived)
+        except TypeError as error:
+            raise ConfigError(f"{source}: {error}") from None
         spec.check(source)
         return spec
-
-
-def _is_required(field: dataclasses.Field) -> bool:
-    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING

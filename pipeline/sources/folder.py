@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.config import ConfigError
+from pipeline.core.contract import CHANGED, DUPLICATE, MISSING, TOO_LARGE
 from pipeline.core.files import atomic_path
 from pipeline.core.layout import PARQUET_ERRORS, DatasetPaths, Split, read_table
 from pipeline.datasets import resolve_repo_path
@@ -130,7 +131,7 @@ def update_manifest(root: Path, old: pd.DataFrame | None) -> tuple[pd.DataFrame,
     present = set(found.photos)
     for row in rows:
         if row["path"] not in present:
-            row["status"] = base.MISSING
+            row["status"] = MISSING
             counts["missing"] += 1
     for relative in found.photos:
         row = by_path.get(relative)
@@ -144,7 +145,7 @@ def update_manifest(root: Path, old: pd.DataFrame | None) -> tuple[pd.DataFrame,
         except OSError:  # gone since the walk, or unreadable: a new photo waits for the next scan for its id
             counts["unreadable"] += 1
             if row is not None:
-                row["status"] = base.MISSING
+                row["status"] = MISSING
             continue
         counts["hashed"] += 1
         if row is None:
@@ -155,7 +156,7 @@ def update_manifest(root: Path, old: pd.DataFrame | None) -> tuple[pd.DataFrame,
             row.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns, status=OK)
             counts["unchanged"] += 1
         else:
-            row["status"] = base.CHANGED
+            row["status"] = CHANGED
             counts["changed"] += 1
     manifest = pd.DataFrame(rows, columns=MANIFEST_SCHEMA.names)
     counts |= {"skipped_files": found.skipped_files, "outside_links": found.outside_links}
@@ -284,23 +285,23 @@ class FolderPhotos:
 
     def read(self, image_id: int) -> bytes:
         if not 0 <= image_id < len(self._files):
-            raise PhotoUnavailable(base.MISSING)
+            raise PhotoUnavailable(MISSING)
         if self._status[image_id] != OK:
             raise PhotoUnavailable(self._status[image_id])
         if image_id in self._duplicates:
-            raise PhotoUnavailable(base.DUPLICATE)
+            raise PhotoUnavailable(DUPLICATE)
         path = self._root / self._files[image_id]
         try:
             if not inside(path, self._real_root):
-                raise PhotoUnavailable(base.MISSING)
+                raise PhotoUnavailable(MISSING)
             with path.open("rb") as file:
                 if os.fstat(file.fileno()).st_size > base.MAX_PHOTO_BYTES:
-                    raise PhotoUnavailable(base.TOO_LARGE)
+                    raise PhotoUnavailable(TOO_LARGE)
                 data = file.read()
         except OSError as error:
-            raise PhotoUnavailable(base.MISSING) from error
+            raise PhotoUnavailable(MISSING) from error
         if hashlib.sha1(data).hexdigest() != self._sha1[image_id]:
-            raise PhotoUnavailable(base.CHANGED)
+            raise PhotoUnavailable(CHANGED)
         return data
 
     def unsafe_entries(self, ids: range) -> int:

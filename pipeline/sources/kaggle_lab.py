@@ -23,11 +23,13 @@ import numpy as np
 
 from pipeline.core.color import rgb_to_lab_u8
 from pipeline.core.config import ConfigError
+from pipeline.core.contract import MISSING
 from pipeline.core.files import atomic_write_text
 from pipeline.core.layout import DatasetPaths, npy_header
+from pipeline.core.photos import center_square
 from pipeline.datasets import resolve_repo_path
 from pipeline.sources import download
-from pipeline.sources.base import MISSING, DatasetSpec, PhotoUnavailable, Progress, SourceResult, Verdict
+from pipeline.sources.base import DatasetSpec, PhotoUnavailable, Progress, SourceResult, Verdict
 from pipeline.sources.mirflickr25k import ARCHIVE as TAGS_ARCHIVE
 from pipeline.sources.mirflickr25k import Spec as Mirflickr25k
 from pipeline.sources.zips import ZipTags, open_archive
@@ -269,10 +271,7 @@ def row_order(spec: Spec, paths: DatasetPaths, sample: int = ROW_ORDER_SAMPLE, s
 
 def _geometry(rgb: np.ndarray, side: int, geometry: str) -> np.ndarray:
     if geometry == "crop":
-        height, width = rgb.shape[:2]
-        short = min(height, width)
-        top, left = (height - short) // 2, (width - short) // 2
-        rgb = rgb[top : top + short, left : left + short]
+        rgb = center_square(rgb)
     return cv2.resize(np.ascontiguousarray(rgb), (side, side), interpolation=cv2.INTER_AREA)
 
 

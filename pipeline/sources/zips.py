@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from pipeline.core.config import ConfigError
+from pipeline.core.contract import BAD_MEMBER, MISSING, TOO_LARGE
 from pipeline.core.layout import DatasetPaths
 from pipeline.sources import base, download
 from pipeline.sources.base import DatasetSpec, PhotoUnavailable, Progress, SourceResult, TagFileUnreadable
@@ -141,13 +142,13 @@ class ZipPhotos:
         try:
             info = archive.getinfo(self._spec.image_member(image_id))
         except KeyError as error:
-            raise PhotoUnavailable(base.MISSING) from error
+            raise PhotoUnavailable(MISSING) from error
         if info.file_size > base.MAX_PHOTO_BYTES:  # declared size: refused before it is inflated
-            raise PhotoUnavailable(base.TOO_LARGE)
+            raise PhotoUnavailable(TOO_LARGE)
         try:
             return archive.read(info)
         except UNREADABLE_MEMBER_ERRORS as error:
-            raise PhotoUnavailable(base.BAD_MEMBER) from error
+            raise PhotoUnavailable(BAD_MEMBER) from error
 
     def unsafe_entries(self, ids: range) -> int:
         """Unsafe members of the archives whose first photo ``ids`` holds, so that converting every shard
