@@ -26,8 +26,9 @@ import numpy as np
 
 from model.config import load_train_config
 from model.data import checkpoint_ids
-from model.evaluation import CONDITIONS, EvaluationResult, evaluate_run, holdout_set, trained_split
+from model.evaluation import CONDITIONS, EvaluationResult, evaluate_run, trained_split
 from model.inference import Colorizer
+from model.photo_sets import holdout_set
 from model.train import train
 from pipeline.core.layout import DatasetPaths
 from pipeline.core.vocabulary import load_tag_encoding, tag_text, tiktoken_cache_dir

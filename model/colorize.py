@@ -14,7 +14,6 @@ Several ``--tags`` steer the colours: each photo is coloured once per tag set (`
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,22 +23,17 @@ import numpy as np
 from PIL import Image
 
 from model.checkpoint import CheckpointError
-from model.data import TokenIndex
+from model.data import tag_ids
 from model.device import resolve_device
 from model.inference import Colorizer
 from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb, rgb_to_lab_u8
 from pipeline.core.config import ConfigError
-from pipeline.core.contract import WORDS_PER_IMAGE
 from pipeline.core.files import atomic_path
 from pipeline.core.photos import center_square, srgb_pixels
 from pipeline.core.render import CollageRow, render_collage
 from pipeline.core.vocabulary import (
     VocabularyError,
-    encode_tags,
-    kept_words,
-    load_tag_encoding,
-    tag_text,
-    tiktoken_cache_dir,
+    parse_tags,
 )
 
 CHROMA_SCALES = (1.0, 0.75, 0.5, 0.25, 0.0)
@@ -53,11 +47,6 @@ GRID_TILE = 256
 
 class ColorizeError(ValueError):
     """A photo cannot be read or written; the message names the file."""
-
-
-def parse_tags(text: str) -> list[str]:
-    """Tags typed by a user: separated by commas or newlines, stripped, empty ones dropped."""
-    return [tag for part in text.replace("\n", ",").split(",") if (tag := part.strip())]
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -110,21 +99,6 @@ def colorize_image(rgb: np.ndarray, colorizer: Colorizer, tokens: np.ndarray) ->
     ab_small = colorizer.predict_ab(small[None], tokens[None])[0]
     ab = cv2.resize(ab_small, (width, height), interpolation=cv2.INTER_CUBIC)
     return rgb_keeping_lightness(lightness, ab)
-
-
-def tag_ids(tags: list[str], index: TokenIndex) -> np.ndarray:
-    """The raw ids of ``tags`` for the checkpoint's tokenizer: 20 o200k tokens, or the ids of up to 8 words of
-    its training vocabulary (tags it never saw are skipped, and said so on stderr)."""
-    if index.tokenizer == "o200k":
-        tokens, _ = encode_tags([tag_text(tags)], load_tag_encoding(tiktoken_cache_dir(os.environ)))
-        return tokens[0]
-    known = {word: i for i, word in enumerate(index.words)}
-    words = kept_words(tags)
-    unseen = [word for word in words if word not in known]
-    if unseen:
-        print(f"tags this checkpoint never saw, skipped: {', '.join(unseen)}", file=sys.stderr)
-    ids = [known[word] for word in words if word in known][:WORDS_PER_IMAGE]
-    return np.array(ids + [index.pad] * (WORDS_PER_IMAGE - len(ids)), dtype=np.int32)
 
 
 def write_png(rgb: np.ndarray, path: Path) -> Path:

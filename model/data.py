@@ -7,6 +7,7 @@ one copy to the device; scaling, flipping and resizing happen there.
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from collections import deque
@@ -29,6 +30,9 @@ from pipeline.core.layout import (
     read_images_table,
     read_words,
 )
+from pipeline.core.vocabulary import encode_tags, kept_words, load_tag_encoding, tag_text, tiktoken_cache_dir
+
+logger = logging.getLogger(__name__)
 
 TOKENIZERS = ("o200k", "words")
 """``o200k``: 20 o200k_base ids per photo (``tokens.npy``); ``words``: the seed's first tokenizer, 8 whole-tag
@@ -92,6 +96,21 @@ class TokenIndex:
     @classmethod
     def from_state(cls, state: torch.Tensor, tokenizer: str = "o200k", words: Sequence[str] = ()) -> TokenIndex:
         return cls(state.numpy(), tokenizer, words)
+
+
+def tag_ids(tags: list[str], index: TokenIndex) -> np.ndarray:
+    """The raw ids of ``tags`` for ``index``'s tokenizer: 20 o200k tokens, or the ids of up to 8 words of its
+    training vocabulary (tags it never saw are skipped, with a warning naming them)."""
+    if index.tokenizer == "o200k":
+        tokens, _ = encode_tags([tag_text(tags)], load_tag_encoding(tiktoken_cache_dir(os.environ)))
+        return tokens[0]
+    known = {word: i for i, word in enumerate(index.words)}
+    words = kept_words(tags)
+    unseen = [word for word in words if word not in known]
+    if unseen:
+        logger.warning("tags this checkpoint never saw, skipped: %s", ", ".join(unseen))
+    ids = [known[word] for word in words if word in known][:WORDS_PER_IMAGE]
+    return np.array(ids + [index.pad] * (WORDS_PER_IMAGE - len(ids)), dtype=np.int32)
 
 
 def token_rows(paths: DatasetPaths, tokenizer: str) -> np.ndarray:

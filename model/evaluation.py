@@ -21,40 +21,48 @@ own index. The selection depends only on the seed, so runs compare.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
-from model.colorize import parse_tags, tag_ids
-from model.data import checkpoint_ids, token_rows
+from model.collage import coloured_collage, with_ab
+from model.data import checkpoint_ids, tag_ids
+from model.device import resolve_device
 from model.fid import GaussianMoments, MetricUnavailable, frechet_distance, inception_features, lpips_distance
 from model.inference import Colorizer
 from model.metrics import ImageMetrics, Reference, image_metrics
-from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb, rgb_to_lab_u8
+from model.photo_sets import (
+    IMAGE_COLUMNS,
+    EvaluationSet,
+    PhotoFiles,
+    Protocol,
+    colour_photos,
+    holdout_set,
+    photo_set,
+    read_rows,
+    seeded_subset,
+)
+from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb
+from pipeline.core.config import ConfigError
 from pipeline.core.files import atomic_write_text
 from pipeline.core.layout import (
     LATEST_CHECKPOINT,
     RUN_CONFIG,
     DataError,
     DatasetPaths,
-    open_shard,
     read_images_table,
     read_layout,
     read_run_config,
-    read_table,
 )
-from pipeline.core.photos import center_square, srgb_pixels
-from pipeline.core.render import CollageRow, Markdown, preview_markdown, render_collage
+from pipeline.core.render import Markdown, preview_markdown
+from pipeline.core.vocabulary import parse_tags
 
 CONDITIONS = ("tags", "pad", "shuffled")
 BASELINES = ("grey", "train_mean")
@@ -66,65 +74,8 @@ METRICS_NAME = "metrics.json"
 COLLAGE_NAME = "result_collage.png"
 BEST_COLLAGE_NAME = "result_collage_best.png"
 STEERING_COLLAGE_NAME = "steering_collage.png"
-MIN_TILE = 128
-"""Smaller photos are enlarged in collages so that column titles and captions stay legible."""
-IMAGE_COLUMNS = ["image_id", "shard", "row", "valid", "is_grayscale"]
 DEFAULT_STEERING = ("sunset", "snow", "forest", "sea")
 """Alternative tag sets of the steering collage where the dataset names none."""
-CROPS = ("center", "resize")
-"""``center``: the largest centred square, then resized (DDColor's protocol); ``resize``: the whole photo
-squeezed to the square."""
-
-LabReader = Callable[[np.ndarray], np.ndarray]
-"""Positions in an evaluation set → uint8 Lab ``(B, S, S, 3)``."""
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """How original photos become the evaluated squares: ``first_n`` by sorted file name (None: all),
-    ``crop`` (:data:`CROPS`), then ``size``² pixels."""
-
-    crop: str = "center"
-    size: int = 256
-    first_n: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.crop not in CROPS:
-            raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
-        if self.size < 16:
-            raise ValueError(f"size must be at least 16 pixels, got {self.size}")
-        if self.first_n is not None and self.first_n <= 0:
-            raise ValueError(f"first_n must be positive or null, got {self.first_n}")
-
-
-@dataclass(frozen=True)
-class EvaluationSet:
-    """The photos one evaluation scores: image ids, their tag ids (the dataset's raw ids), captions, and a
-    reader of their Lab. ``paths`` is the dataset the ids belong to; ``description`` says which photos."""
-
-    paths: DatasetPaths
-    description: str
-    image_ids: np.ndarray
-    raw_tokens: np.ndarray
-    captions: dict[int, str]
-    read: LabReader
-    protocol: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    @classmethod
-    def of(
-        cls,
-        paths: DatasetPaths,
-        ids: np.ndarray,
-        tokenizer: str,
-        description: str,
-        read: LabReader,
-        protocol: dict[str, Any],
-    ) -> EvaluationSet:
-        """The set of photos ``ids`` of ``paths``, with their tag ids (in ``tokenizer``'s files) and captions."""
-        return cls(paths, description, ids, _raw_tokens(paths, ids, tokenizer), _captions(paths, ids), read, protocol)
 
 
 @dataclass(frozen=True)
@@ -160,25 +111,6 @@ class EvaluationResult:
         }
 
 
-def colour_photos(images: pd.DataFrame, shards: Sequence[int]) -> pd.DataFrame:
-    """Rows of ``images.parquet`` that are valid colour photos of ``shards``, in ascending id order.
-
-    Grayscale photos are left out as in training: there is no colour to recover from them.
-    """
-    keep = images["shard"].isin(list(shards)) & images["valid"] & ~images["is_grayscale"]
-    return images[keep].sort_values("image_id", ignore_index=True)
-
-
-def seeded_subset(rows: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
-    """``n`` rows drawn with ``seed`` (all when None or fewer exist), kept in their original order."""
-    if n is not None and n <= 0:
-        raise ValueError(f"n_images must be positive or None, got {n}")
-    if n is None or n >= len(rows):
-        return rows
-    chosen = np.sort(np.random.default_rng(seed).choice(len(rows), size=n, replace=False))
-    return rows.iloc[chosen].reset_index(drop=True)
-
-
 def derangement(n: int, seed: int) -> np.ndarray:
     """A seeded permutation without fixed points: a random cyclic order, each image takes the next one's."""
     if n < 2:
@@ -187,28 +119,6 @@ def derangement(n: int, seed: int) -> np.ndarray:
     permutation = np.empty(n, dtype=np.int64)
     permutation[order] = np.roll(order, -1)
     return permutation
-
-
-def with_ab(lab: np.ndarray, ab: np.ndarray | int) -> np.ndarray:
-    """A copy of uint8 Lab ``lab`` with its a, b replaced by ``ab`` (broadcast)."""
-    out = lab.copy()
-    out[..., 1:] = ab
-    return out
-
-
-def read_rows(paths: DatasetPaths, rows: pd.DataFrame) -> np.ndarray:
-    """The Lab photos of ``rows`` (any shards), each shard memory-mapped and read in row order."""
-    shards = rows["shard"].to_numpy()
-    out: np.ndarray | None = None
-    for shard in np.unique(shards):
-        array = open_shard(paths, int(shard))
-        if out is None:
-            out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
-        where = np.flatnonzero(shards == shard)
-        out[where] = array[rows["row"].to_numpy()[where]]
-    if out is None:
-        raise ValueError("no rows to read")
-    return out
 
 
 def train_mean_ab(
@@ -220,7 +130,7 @@ def train_mean_ab(
     """
     rows = seeded_subset(colour_photos(images, shards), limit, seed)
     if rows.empty:
-        raise ValueError(f"no valid colour photos in training shards {list(shards)}")
+        raise DataError(f"no valid colour photos in training shards {list(shards)} of {paths.root}")
     total = np.zeros(2, dtype=np.float64)
     pixels = 0
     for start in range(0, len(rows), READ_CHUNK):
@@ -228,93 +138,6 @@ def train_mean_ab(
         total += ab.sum(axis=0, dtype=np.float64)
         pixels += len(ab)
     return total / pixels, len(rows)
-
-
-def _captions(paths: DatasetPaths, ids: np.ndarray) -> dict[int, str]:
-    """Each photo's tags joined by commas (nothing where the dataset has no tag table)."""
-    if not paths.tags_table.is_file():
-        return {}
-    remedy = paths.remedy("tag_tokens")
-    tags = read_table(paths.tags_table, remedy, ["image_id", "tags"], filters=[("image_id", "in", ids.tolist())])
-    return {int(i): ", ".join(t) for i, t in zip(tags["image_id"], tags["tags"], strict=True)}
-
-
-def _raw_tokens(paths: DatasetPaths, ids: np.ndarray, tokenizer: str) -> np.ndarray:
-    return np.asarray(token_rows(paths, tokenizer)[ids], dtype=np.int32)
-
-
-def holdout_set(
-    paths: DatasetPaths, holdout_shard: int, tokenizer: str, n_images: int | None = 256, seed: int = 0
-) -> EvaluationSet:
-    """Up to ``n_images`` colour photos of ``holdout_shard`` (seeded), read from the 224² shards."""
-    layout = read_layout(paths.root, [holdout_shard])
-    if not 0 <= holdout_shard < layout.n_shards:
-        raise DataError(f"held-out shard {holdout_shard} is not a shard of {paths.root} (0 … {layout.n_shards - 1})")
-    images = read_images_table(paths, IMAGE_COLUMNS, [holdout_shard])
-    selection = seeded_subset(colour_photos(images, [holdout_shard]), n_images, seed)
-    if selection.empty:
-        raise ValueError(f"held-out shard {holdout_shard} has no valid colour photos to evaluate on")
-    return EvaluationSet.of(
-        paths,
-        selection["image_id"].to_numpy(),
-        tokenizer,
-        f"held-out shard {holdout_shard:03d} of {paths.root.name}",
-        lambda positions: read_rows(paths, selection.iloc[positions]),
-        {"split": "holdout", "holdout_shard": holdout_shard, "n_images": n_images, "seed": seed},
-    )
-
-
-def square_lab(data: bytes, protocol: Protocol) -> np.ndarray:
-    """A photo file's bytes → uint8 Lab ``(size, size, 3)``: upright, in sRGB, cropped and resized per protocol."""
-    with Image.open(io.BytesIO(data)) as image:
-        pixels = srgb_pixels(image)
-    if protocol.crop == "center":
-        pixels = center_square(pixels)
-    shrink = min(pixels.shape[:2]) > protocol.size
-    resized = cv2.resize(
-        pixels, (protocol.size, protocol.size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
-    )
-    return rgb_to_lab_u8(resized)
-
-
-def photo_set(
-    paths: DatasetPaths,
-    names: pd.DataFrame,
-    read_photo: Callable[[int], bytes],
-    tokenizer: str,
-    protocol: Protocol,
-) -> EvaluationSet:
-    """The photos of ``names`` (columns ``image_id``, ``name``: the file's relative path) under ``protocol``,
-    decoded from their original files by ``read_photo(image_id)``.
-
-    Photos are ordered by file name (then path), so ImageNet's ``ILSVRC2012_val_00000001.JPEG`` … come first
-    even when stored in class folders; ``first_n`` keeps the first of them.
-    """
-    if names.empty:
-        raise ValueError(f"{paths.root.name} has no photos to evaluate on")
-    basename = names["name"].map(lambda name: str(name).rsplit("/", 1)[-1])
-    ordered = names.assign(_base=basename).sort_values(["_base", "name"], kind="stable", ignore_index=True)
-    ordered = ordered.head(protocol.first_n) if protocol.first_n is not None else ordered
-    ids = ordered["image_id"].to_numpy()
-    files = ordered["name"].astype(str).tolist()
-
-    def read_one(position: int) -> np.ndarray:
-        try:
-            return square_lab(read_photo(int(ids[position])), protocol)
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise DataError(f"{files[position]}: cannot be scored ({error}); scan the folder again") from error
-
-    def read(positions: np.ndarray) -> np.ndarray:
-        return np.stack([read_one(int(p)) for p in np.atleast_1d(positions)])
-
-    return EvaluationSet.of(
-        paths,
-        ids,
-        tokenizer,
-        f"{len(ids)} photos of {paths.root.name} ({protocol.crop} {protocol.size}²)",
-        read,
-        {"split": "all", "crop": protocol.crop, "size": protocol.size, "first_n": protocol.first_n},
-    )
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -402,30 +225,6 @@ class LearnedMetrics:
         return out
 
 
-def coloured_collage(
-    eval_set: EvaluationSet,
-    positions: np.ndarray,
-    token_sets: Sequence[np.ndarray],
-    colorizer: Colorizer,
-    path: Path,
-    titles: Sequence[str] = ("generated",),
-) -> Path:
-    """Grey input | the photos coloured under each of ``token_sets`` (one row of tags per photo) | original,
-    for the photos at ``positions``."""
-    lab = eval_set.read(positions)
-    coloured = [lab_u8_to_rgb(with_ab(lab, colorizer.predict_ab(lab[..., 0], tokens))) for tokens in token_sets]
-    grey = lab_u8_to_rgb(with_ab(lab, NEUTRAL_AB))
-    originals = lab_u8_to_rgb(lab)
-    collage_rows = [
-        CollageRow(
-            (grey[i], *(c[i] for c in coloured), originals[i]), eval_set.captions.get(int(eval_set.image_ids[p]), "")
-        )
-        for i, p in enumerate(positions)
-    ]
-    columns = ("grey input", *titles, "original")
-    return render_collage(collage_rows, path, tile=max(lab.shape[1], MIN_TILE), columns=columns)
-
-
 def _steering_collage(
     eval_set: EvaluationSet, tokens: np.ndarray, colorizer: Colorizer, steering: Sequence[str], rows: int, path: Path
 ) -> Path:
@@ -437,34 +236,35 @@ def _steering_collage(
     return coloured_collage(eval_set, positions, token_sets, colorizer, path, ("own tags", "no tags", *steering))
 
 
-def evaluate(
+@dataclass(frozen=True)
+class Scores:
+    """What :func:`score` measured: each photo's figures and their summary per condition and baseline, the
+    learned metrics' status, and the photos' own tags as the checkpoint's ids."""
+
+    per_image: dict[str, ImageMetrics]
+    summaries: dict[str, dict[str, float]]
+    learned_status: dict[str, str]
+    true_tokens: np.ndarray
+
+    @property
+    def headline(self) -> dict[str, float]:
+        """Each other ab error divided by the ab error with the true tags: above 1, the tags help that much."""
+        error = {name: float(summary["ab_error"]) for name, summary in self.summaries.items()}
+        gains = {"tag_gain": "shuffled", "pad_gain": "pad", "grey_gain": "grey", "train_mean_gain": "train_mean"}
+        return {gain: _ratio(error[name], error["tags"]) for gain, name in gains.items() if name in error}
+
+
+def score(
     eval_set: EvaluationSet,
-    checkpoint: Path,
-    out_dir: Path,
+    colorizer: Colorizer,
     *,
     train_mean: tuple[np.ndarray, dict[str, Any]] | str,
-    collage_rows: int = 8,
-    steering: Sequence[str] = DEFAULT_STEERING,
-    steering_rows: int = 4,
-    seed: int = 0,
-    batch_size: int = 32,
-    device: str = "cpu",
-) -> EvaluationResult:
-    """Score ``checkpoint`` on ``eval_set``; write ``metrics.json`` and three collages into ``out_dir``.
-
-    ``train_mean`` is the ``train_mean`` baseline's a, b and where they come from, or the reason it is
-    missing (:func:`run_train_mean`). The collages show the first ``collage_rows`` photos, the
-    ``collage_rows`` with the lowest ab error under their own tags, and ``steering_rows`` photos under their
-    own tags, none, and each tag set of ``steering``.
-    """
-    if min(collage_rows, batch_size, steering_rows) <= 0:
-        raise ValueError(
-            f"collage_rows, steering_rows and batch_size must be positive, got {collage_rows}, {steering_rows}"
-            f" and {batch_size}"
-        )
-    if len(eval_set) < 2:
-        raise ValueError(f"{eval_set.description}: at least 2 photos are needed (tags are shuffled among them)")
-    colorizer = Colorizer.from_checkpoint(checkpoint, device=device)
+    seed: int,
+    batch_size: int,
+    device: str,
+) -> Scores:
+    """Every photo of ``eval_set`` under the three tag conditions and the baselines (``train_mean`` where it is
+    not the reason it is missing), batch by batch: the field's per-image metrics, FID and LPIPS where they run."""
     true_tokens = checkpoint_ids(eval_set.raw_tokens, eval_set.paths, colorizer.index)
     condition_tokens = {
         "tags": true_tokens,
@@ -492,50 +292,87 @@ def evaluate(
                 learned.add(name, lab_u8_to_rgb(generated), reference.rgb)
     per_image = {name: ImageMetrics.concat(items) for name, items in parts.items()}
     summaries = {name: per_image[name].summary() | learned.summary(name) for name in names}
+    return Scores(per_image=per_image, summaries=summaries, learned_status=learned.status, true_tokens=true_tokens)
 
-    error = {name: float(summary["ab_error"]) for name, summary in summaries.items()}
-    headline = {
-        "tag_gain": _ratio(error["shuffled"], error["tags"]),
-        "pad_gain": _ratio(error["pad"], error["tags"]),
-        "grey_gain": _ratio(error["grey"], error["tags"]),
-        **({"train_mean_gain": _ratio(error["train_mean"], error["tags"])} if "train_mean" in error else {}),
-    }
-    metrics: dict[str, Any] = {
+
+def metrics_record(
+    eval_set: EvaluationSet,
+    checkpoint: Path,
+    scores: Scores,
+    train_mean: tuple[np.ndarray, dict[str, Any]] | str,
+    seed: int,
+) -> dict[str, Any]:
+    """``metrics.json``: what was scored, how, and every summary."""
+    return {
         "checkpoint": str(checkpoint),
         "evaluated_on": eval_set.description,
         "protocol": eval_set.protocol,
         **{key: eval_set.protocol[key] for key in ("holdout_shard",) if key in eval_set.protocol},
         "seed": seed,
         "n_images": len(eval_set),
-        "headline": headline,
-        "conditions": {name: summaries[name] for name in CONDITIONS},
-        "baselines": {name: summaries[name] for name in baselines},
-        "learned_metrics": learned.status,
+        "headline": scores.headline,
+        "conditions": {name: scores.summaries[name] for name in CONDITIONS},
+        "baselines": {name: summary for name, summary in scores.summaries.items() if name in BASELINES},
+        "learned_metrics": scores.learned_status,
         "train_mean_ab": train_mean[1] if not isinstance(train_mean, str) else f"unavailable: {train_mean}",
         "image_ids": eval_set.image_ids.tolist(),
     }
+
+
+def figures(eval_set: EvaluationSet, scores: Scores) -> dict[str, float | int | str]:
+    """The figures an evaluation reports (asset metadata): the headline, then ``<metric>/<condition>``."""
+    out: dict[str, float | int | str] = {"n_images": len(eval_set), **scores.headline}
+    for name, summary in scores.summaries.items():
+        out |= {f"{key}/{name}": value for key, value in summary.items() if key != "n_images"}
+    return out | {f"{metric}_status": status for metric, status in scores.learned_status.items()}
+
+
+def evaluate(
+    eval_set: EvaluationSet,
+    checkpoint: Path,
+    out_dir: Path,
+    *,
+    train_mean: tuple[np.ndarray, dict[str, Any]] | str,
+    collage_rows: int = 8,
+    steering: Sequence[str] = DEFAULT_STEERING,
+    steering_rows: int = 4,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> EvaluationResult:
+    """Score ``checkpoint`` on ``eval_set`` (:func:`score`); write ``metrics.json`` and three collages into
+    ``out_dir``.
+
+    ``train_mean`` is the ``train_mean`` baseline's a, b and where they come from, or the reason it is
+    missing (:func:`run_train_mean`). The collages show the first ``collage_rows`` photos, the
+    ``collage_rows`` with the lowest ab error under their own tags, and ``steering_rows`` photos under their
+    own tags, none, and each tag set of ``steering``.
+    """
+    if min(collage_rows, batch_size, steering_rows) <= 0:
+        raise ConfigError(
+            f"collage_rows, steering_rows and batch_size must be positive, got {collage_rows}, {steering_rows}"
+            f" and {batch_size}"
+        )
+    if len(eval_set) < 2:
+        raise DataError(f"{eval_set.description}: at least 2 photos are needed (tags are shuffled among them)")
+    colorizer = Colorizer.from_checkpoint(checkpoint, device=device)
+    scores = score(eval_set, colorizer, train_mean=train_mean, seed=seed, batch_size=batch_size, device=device)
+    metrics = metrics_record(eval_set, checkpoint, scores, train_mean, seed)
     metrics_path = out_dir / METRICS_NAME
     atomic_write_text(metrics_path, json.dumps(_finite_or_none(metrics), indent=2, allow_nan=False) + "\n")
 
+    tokens = scores.true_tokens
     first = np.arange(min(collage_rows, len(eval_set)))
-    best = np.sort(np.argsort(per_image["tags"].ab_error, kind="stable")[: len(first)])
-    collage_path = coloured_collage(eval_set, first, [true_tokens[first]], colorizer, out_dir / COLLAGE_NAME)
-    best_collage_path = coloured_collage(eval_set, best, [true_tokens[best]], colorizer, out_dir / BEST_COLLAGE_NAME)
-    steering_path = _steering_collage(
-        eval_set, true_tokens, colorizer, steering, steering_rows, out_dir / STEERING_COLLAGE_NAME
-    )
-
-    figures: dict[str, float | int | str] = {"n_images": len(eval_set), **headline}
-    for name, summary in summaries.items():
-        figures |= {f"{key}/{name}": value for key, value in summary.items() if key != "n_images"}
-    figures |= {f"{metric}_status": status for metric, status in learned.status.items()}
+    best = np.sort(np.argsort(scores.per_image["tags"].ab_error, kind="stable")[: len(first)])
     return EvaluationResult(
         metrics=metrics,
-        figures=figures,
+        figures=figures(eval_set, scores),
         metrics_path=metrics_path,
-        collage_path=collage_path,
-        best_collage_path=best_collage_path,
-        steering_collage_path=steering_path,
+        collage_path=coloured_collage(eval_set, first, [tokens[first]], colorizer, out_dir / COLLAGE_NAME),
+        best_collage_path=coloured_collage(eval_set, best, [tokens[best]], colorizer, out_dir / BEST_COLLAGE_NAME),
+        steering_collage_path=_steering_collage(
+            eval_set, tokens, colorizer, steering, steering_rows, out_dir / STEERING_COLLAGE_NAME
+        ),
     )
 
 
@@ -575,3 +412,28 @@ def run_tokenizer(run_dir: Path) -> str:
 def dataset_holdout(paths: DatasetPaths) -> int:
     """The held-out shard a dataset recorded, else its last shard (as training chooses it)."""
     return read_layout(paths.root).holdout_shard
+
+
+def score_run(
+    paths: DatasetPaths,
+    run_dir: Path,
+    *,
+    photos: PhotoFiles | None = None,
+    protocol: Protocol | None = None,
+    n_images: int | None = 256,
+    seed: int = 0,
+    device: str = "auto",
+    **options: Any,
+) -> EvaluationResult:
+    """The one scoring entry point, of the ``evaluation`` asset and of ``python -m pipeline.commands.evaluate``:
+    the run in ``run_dir`` on the held-out shard of ``paths`` (:func:`evaluate_run`), or, given ``photos`` and a
+    ``protocol``, on a folder dataset's original files (``split: all``). ``options`` go to :func:`evaluate`."""
+    device = str(resolve_device(device))
+    if protocol is None:
+        return evaluate_run(paths, run_dir, n_images=n_images, seed=seed, device=device, **options)
+    if photos is None:
+        raise ConfigError(f"split: all scores the original photo files of a folder dataset; {paths.root.name} has none")
+    eval_set = photo_set(paths, photos.names, photos.read, run_tokenizer(run_dir), protocol)
+    train_mean = run_train_mean(run_dir, seed)
+    checkpoint = run_checkpoint(run_dir)
+    return evaluate(eval_set, checkpoint, paths.evaluation, train_mean=train_mean, seed=seed, device=device, **options)

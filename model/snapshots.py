@@ -2,7 +2,7 @@
 ``snapshot_every`` steps, as stylegan2-ada's ``fakes<kimg>.png``, so a run's progress (or its collapse) shows
 by eye long before it ends.
 
-The photos are the first ones of the evaluation's result collage (:func:`model.evaluation.holdout_set` with
+The photos are the first ones of the evaluation's result collage (:func:`model.photo_sets.holdout_set` with
 its defaults), so the snapshots of a run lead up to its evaluation. Where the held-out shard is not on disk
 (a subset run on a machine without it), the first colour photos of the training shards stand in.
 """
@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from model.collage import coloured_collage
 from model.data import TokenIndex, checkpoint_ids
-from model.evaluation import IMAGE_COLUMNS, EvaluationSet, colour_photos, coloured_collage, holdout_set, read_rows
 from model.inference import Colorizer
 from model.networks import Generator
+from model.photo_sets import IMAGE_COLUMNS, EvaluationSet, colour_photos, holdout_set, read_rows
 from pipeline.core.files import atomic_path
 from pipeline.core.layout import DataError, DatasetPaths, read_images_table
 

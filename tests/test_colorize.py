@@ -17,16 +17,15 @@ from model.colorize import (
     SUFFIX,
     colorize_image,
     main,
-    parse_tags,
     rgb_keeping_lightness,
-    tag_ids,
 )
+from model.data import tag_ids
 from model.inference import Colorizer
 from pipeline.core.color import rgb_to_lab_u8
 from pipeline.core.contract import PAD_ID, TOKENS_PER_IMAGE
 from pipeline.core.photos import center_square
 from pipeline.core.render import CollageLayout
-from pipeline.core.vocabulary import encode_tags, load_tag_encoding, tag_text
+from pipeline.core.vocabulary import encode_tags, load_tag_encoding, parse_tags, tag_text
 
 pytest_plugins = ["tests.helpers_model"]
 

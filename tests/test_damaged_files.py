@@ -22,7 +22,8 @@ import model.train as train_module
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.config import TrainConfigError, validate_train_config
 from model.data import TrainingSet
-from model.evaluation import evaluate_run, holdout_set
+from model.evaluation import evaluate_run
+from model.photo_sets import holdout_set
 from model.train import train
 from pipeline.convert import TagCounts, convert_shard
 from pipeline.core import files

@@ -18,8 +18,8 @@ from pipeline.datasets import (
     load_dataset_specs,
     parse_dataset_spec,
 )
-from pipeline.defs.resources import dataset_dirs_from_environ
 from pipeline.sources import folder, kaggle_lab, mirflickr1m, mirflickr25k, synthetic
+from pipeline.storage import dataset_dirs_from_environ
 
 MIRFLICKR1M = {"name": "flickr", "kind": "mirflickr1m", "n_images": 10, "shard_size": 5, "base_url": "http://x/"}
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from docs.refresh import BEGIN, END
-from model.evaluation import MIN_TILE
+from model.collage import MIN_TILE
 from pipeline.core.render import CollageLayout
 from tests.conftest import REPO_ROOT, SampleInstance
 from tests.test_folder import folder_of_scenes, scene

@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,24 +19,21 @@ import torch
 from PIL import Image, ImageFont
 
 from model import evaluation as evaluation_module
-from model.colorize import tag_ids
+from model.collage import MIN_TILE
+from model.data import tag_ids
 from model.evaluation import (
     BASELINES,
     CONDITIONS,
-    MIN_TILE,
     EvaluationResult,
-    Protocol,
-    colour_photos,
     derangement,
     evaluate,
     evaluate_run,
-    holdout_set,
-    photo_set,
-    seeded_subset,
     trained_split,
 )
 from model.fid import GaussianMoments, frechet_distance
 from model.inference import Colorizer
+from model.photo_sets import Protocol, colour_photos, holdout_set, photo_set, seeded_subset
+from pipeline.commands.evaluate import main as score_command
 from pipeline.core.color import lab_u8_to_rgb
 from pipeline.core.contract import PAD_ID
 from pipeline.core.fonts import DEJAVU, runs
@@ -391,3 +389,29 @@ def test_collage_refuses_bad_input(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="one image per column"):
         render_collage(make_rows(1), tmp_path / "two.png", tile=TILE, columns=("a", "b"))
     assert not list(tmp_path.iterdir())
+
+
+def test_the_command_line_scores_any_run_and_says_what_is_wrong_in_one_line(
+    tiny_run: TinyRun,
+    tmp_path: Path,
+    write_dataset: Callable[..., DatasetPaths],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``python -m pipeline.commands.evaluate``, the asset's entry point without Dagster, on a run directory
+    outside the data root."""
+    write_dataset(tmp_path / "sample")  # the data root holds a dataset of a registered name
+    monkeypatch.setenv("TAGCOLOR_DATA_DIR", str(tmp_path))
+    run_dir = tiny_run.checkpoint.parent
+    score_command(["sample", "--run", str(run_dir), "--n-images", "8", "--collage-rows", "2", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert re.search(r"^ab_error/tags: \d", printed, re.MULTILINE) and "metrics: " in printed
+    assert json.loads((tmp_path / "sample" / "evaluation" / "metrics.json").read_text())["n_images"] == 8
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run_dir, damaged)
+    (damaged / "latest.pt").write_bytes(b"cut short")
+    with pytest.raises(SystemExit) as exit_code:
+        score_command(["sample", "--run", str(damaged), "--device", "cpu"])
+    error = capsys.readouterr().err.strip()
+    assert exit_code.value.code == 2 and len(error.splitlines()) == 1
+    assert "damaged/latest.pt: not a readable checkpoint" in error

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from model.config import TrainConfigError, load_train_config
-from model.evaluation import holdout_set
+from model.photo_sets import holdout_set
 from pipeline.convert import convert_shards
 from pipeline.core.color import rgb_to_lab_u8
 from pipeline.core.config import ConfigError

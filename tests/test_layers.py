@@ -1,4 +1,5 @@
-"""Imports go one way (docs/ARCHITECTURE.md, "Layers"): core ← plain steps ← Dagster layer, core ← model.
+"""Imports go one way (docs/ARCHITECTURE.md, "Layers"): core ← plain steps ← Dagster layer, core ← model, and
+the command lines over both steps and model, without Dagster.
 
 Read from the source with ``ast``, so an import inside a function counts as much as one at the top.
 """
@@ -41,17 +42,20 @@ def layer_of(path: Path) -> str:
         return "core"
     if parts[:2] == ("pipeline", "defs"):
         return "dagster"
+    if parts[:2] == ("pipeline", "commands"):
+        return "commands"
     return "steps"
 
 
 RULES = {
     "core": ((*DAGSTER, "dagster_pipes", *TORCH, "model", "pipeline"), ("pipeline.core",)),
-    "steps": ((*DAGSTER, "dagster_pipes", *TORCH, "model", "pipeline.defs"), ()),
+    "steps": ((*DAGSTER, "dagster_pipes", *TORCH, "model", "pipeline.defs", "pipeline.commands"), ()),
     "model": ((*DAGSTER, "dagster_pipes", "pipeline"), ("pipeline.core",)),
+    "commands": ((*DAGSTER, "dagster_pipes", "pipeline.defs"), ()),
     "dagster": ((), ()),
 }
 """Per layer: the packages it must not import, and the parts of them it may. The plain steps are every
-pipeline module outside ``core`` and ``defs``."""
+pipeline module outside ``core``, ``defs`` and ``commands``."""
 
 EDGES = {"model/train.py": ("dagster_pipes",)}
 """The training process reports to Dagster through Pipes, at its edge."""
@@ -87,3 +91,25 @@ def test_the_checker_sees_crossings(tmp_path: Path) -> None:
     bad.write_text("import os\n\ndef f():\n    from dagster import asset\n    import torch.nn\n")
     assert {"dagster", "dagster.asset", "torch.nn"} <= imported_modules(bad)
     assert within("torch.nn", TORCH) and not within("torchmetrics", TORCH)
+
+
+def import_closure(module: str) -> set[str]:
+    """Every project module ``module`` loads, directly or through others (``model`` and ``pipeline`` only)."""
+    seen: set[str] = set()
+    pending = [module]
+    while pending:
+        name = pending.pop()
+        path = REPO_ROOT / Path(*name.split(".")).with_suffix(".py")
+        if name in seen or not path.is_file():
+            continue
+        seen.add(name)
+        pending += [m for m in imported_modules(path) if within(m, ("model", "pipeline"))]
+    return seen
+
+
+def test_training_never_loads_evaluation_or_the_command_lines() -> None:
+    """The trainer's snapshots reuse the photo sets and the collage, not the evaluation stack (FID's networks,
+    the metrics) nor the colorize command line."""
+    reached = import_closure("model.train")
+    assert {"model.data", "model.snapshots", "model.photo_sets", "model.collage"} <= reached
+    assert not reached & {"model.evaluation", "model.fid", "model.colorize"}, sorted(reached)

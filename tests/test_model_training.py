@@ -28,9 +28,17 @@ import model.checkpoint as checkpoint_module
 import model.losses as losses
 import model.train as train_module
 from model.checkpoint import CheckpointError, load_checkpoint
-from model.colorize import tag_ids
 from model.config import TrainConfig, TrainConfigError, config_from_dict, load_train_config, validate_train_config
-from model.data import BatchLoader, HostBatch, Position, TokenIndex, TrainingSet, checkpoint_ids, to_device
+from model.data import (
+    BatchLoader,
+    HostBatch,
+    Position,
+    TokenIndex,
+    TrainingSet,
+    checkpoint_ids,
+    tag_ids,
+    to_device,
+)
 from model.inference import Colorizer
 from model.train import torchrun_command, train
 from pipeline.core.color import colorfulness, rgb_to_lab_u8
@@ -639,7 +647,7 @@ def test_tags_carry_the_colour(vocabulary_dir: Path, tmp_path: Path) -> None:
 
 
 def test_the_word_tokenizer_trains_and_its_checkpoint_carries_the_vocabulary(
-    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     root = tmp_path / "worded"
     shutil.copytree(dataset, root)
@@ -658,7 +666,7 @@ def test_the_word_tokenizer_trains_and_its_checkpoint_carries_the_vocabulary(
     with pytest.raises(ValueError, match=r"shape \(1, 8\)"):
         colorizer.predict_ab(np.full((1, SIZE, SIZE), 128, np.uint8), np.zeros((1, 20), np.int32))
     assert tag_ids(["sky!", "東京", "sunset", "red"], colorizer.index).tolist() == [3, 1, 0, 0, 0, 0, 0, 0]
-    assert "never saw, skipped: sunset" in capsys.readouterr().err
+    assert "never saw, skipped: sunset" in caplog.text
     other = DatasetPaths(tmp_path / "other")
     other.root.mkdir()
     other.words.write_text(json.dumps(["", "sky", "sea", "red"]))

@@ -17,8 +17,9 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from model.checkpoint import load_checkpoint
+from model.collage import MIN_TILE
 from model.config import TrainConfig, TrainConfigError, validate_train_config
-from model.evaluation import MIN_TILE, holdout_set
+from model.photo_sets import holdout_set
 from model.snapshots import LATEST_NAME, SNAPSHOT_DIR, SNAPSHOT_ROWS, snapshot_photos
 from model.train import TENSORBOARD_DIR, TrainResult, pipes_metadata, train
 from pipeline.core.color import lab_u8_to_rgb

@@ -296,3 +296,8 @@ def tag_word(tag: str) -> str:
 def kept_words(tags: Sequence[str]) -> list[str]:
     """The first :data:`WORDS_PER_IMAGE` non-empty words of ``tags`` (tags that become empty are dropped first)."""
     return [word for word in map(tag_word, tags) if word][:WORDS_PER_IMAGE]
+
+
+def parse_tags(text: str) -> list[str]:
+    """Tags typed by a user: separated by commas or newlines, stripped, empty ones dropped."""
+    return [tag for part in text.replace("\n", ",").split(",") if (tag := part.strip())]

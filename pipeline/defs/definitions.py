@@ -5,7 +5,8 @@ import dagster as dg
 from pipeline.datasets import load_dataset_specs
 from pipeline.defs.automation import automation_sensor, dataset_automation, load_schedule_crons
 from pipeline.defs.factory import build_dataset_assets
-from pipeline.defs.resources import dataset_dirs_from_environ, storage_from_environ
+from pipeline.defs.resources import storage_from_environ
+from pipeline.storage import dataset_dirs_from_environ
 
 
 def build_definitions() -> dg.Definitions:

@@ -5,17 +5,12 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from pipeline.core.config import ConfigError
-from pipeline.core.files import DiskFullError
-from pipeline.core.layout import DataError
-
-USER_ERRORS = (ConfigError, DataError, FileNotFoundError, DiskFullError)
-"""Bad settings, a step whose inputs are not there yet or are damaged, a full disk: the message says what to do,
-a traceback would not."""
+from pipeline.core.errors import USER_ERRORS
 
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
+    """A step's one-line failure for :data:`pipeline.core.errors.USER_ERRORS`, as the command lines print them."""
     try:
         yield
     except USER_ERRORS as error:
