@@ -41,7 +41,7 @@ DEFAULT_RUN_NAME = "colorizer"
 """The run name when neither a preset nor an override names one."""
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(ConfigError):
     """A training setting is unknown or impossible; the message starts with the key."""
 
 

@@ -1,38 +1,32 @@
-"""Train the tag-conditioned colorizer (cWGAN-GP).
+"""Train the tag-conditioned colorizer (cWGAN-GP): the training loop.
 
-One process:        python -m model.train --config assets_config/train/sample_demo.yaml [key=value ...]
-Several GPUs (DDP): torchrun --standalone --nproc_per_node=8 -m model.train --config ... [key=value ...]
+One process:   python -m model.train --config assets_config/train/sample_demo.yaml [key=value ...]
+Several GPUs:  gpus=8 in the preset or among the overrides; the command then starts itself under torchrun
 
 Each step is ``n_critic`` critic updates, each on a fresh batch, then one generator update on the last batch;
-the first ``l1_warmup_steps`` steps are one generator update on the L1 term alone.
-Rank 0 writes ``config.yaml``, ``metrics.parquet``, checkpoints, snapshot collages (``snapshots/``) and, with
-the ``tensorboard`` package, TensorBoard event files (``tensorboard/``) under ``runs/<run_name>/``. Launched by
-Dagster Pipes, progress and the final result go back to Dagster; standalone they are printed.
+the first ``l1_warmup_steps`` steps are one generator update on the L1 term alone. Rank 0 writes
+``config.yaml``, checkpoints and snapshot collages under ``runs/<run_name>/``; the rest lives beside this loop:
+the processes and what they exchange (:mod:`model.distributed`), where progress goes (:mod:`model.reporting`:
+``metrics.parquet``, ``plan.json``, TensorBoard) and how the command runs (:mod:`model.launch`: torchrun,
+Dagster Pipes or a shell).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
-import json
 import logging
 import os
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 import torch.distributed as dist
 import yaml
-from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
-from PIL import Image
 
+from model import launch
 from model.checkpoint import (
     TrainState,
     architecture,
@@ -42,7 +36,6 @@ from model.checkpoint import (
     load_resumable,
     new_state,
     restore_state,
-    rng_state,
     save_checkpoint,
     saved_index,
     set_rng_state,
@@ -51,11 +44,8 @@ from model.config import (
     DATA_ORDER_KEYS,
     TrainConfig,
     TrainConfigError,
-    load_train_config,
-    read_train_config,
     validate_train_config,
 )
-from model.curves import CURVES_NAME, plot_curves
 from model.data import (
     BatchLoader,
     Position,
@@ -67,98 +57,24 @@ from model.data import (
     training_tokens,
 )
 from model.device import resolve_device
+from model.distributed import (
+    Distributed,
+    all_reduce_gradients,
+    broadcast_parameters,
+    check_ranks_agree,
+    distributed_from_env,
+    gather_rng_states,
+    mean_over_ranks,
+    time_is_up,
+)
 from model.losses import LossWeights, critic_loss, generator_loss
 from model.plan import PlanError, Stage, TrainingPlan, plan_stages, stage_at
-from model.snapshots import SnapshotWriter, latest_snapshot, snapshot_photos
-from pipeline.core.files import DiskFullError, atomic_path, atomic_write_text
-from pipeline.core.layout import LATEST_CHECKPOINT, RUN_CONFIG, DataError, DatasetLayout, read_layout, read_table
-from pipeline.core.render import preview_markdown
-
-if TYPE_CHECKING:
-    from torch.utils.tensorboard import SummaryWriter
+from model.reporting import METRICS, TensorBoard, read_metrics, write_metrics, write_plan_progress
+from model.snapshots import SnapshotWriter, snapshot_photos
+from pipeline.core.files import atomic_write_text
+from pipeline.core.layout import LATEST_CHECKPOINT, RUN_CONFIG, DatasetLayout, read_layout
 
 logger = logging.getLogger(__name__)
-
-METRICS = "metrics.parquet"
-FAILURE_EXTRA = "failure_file"
-"""The Pipes extra naming the file where a Pipes-launched trainer writes the one line a user error ends in."""
-PLAN_PROGRESS = "plan.json"
-TENSORBOARD_DIR = "tensorboard"
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in a torchrun launch; one process when not launched by torchrun."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def distributed_from_env() -> Distributed:
-    """torchrun's contract: ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` in the environment."""
-    if "RANK" not in os.environ:
-        return Distributed()
-    return Distributed(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
-
-
-def broadcast_parameters(module: torch.nn.Module) -> None:
-    """Give every rank rank 0's weights (one flat broadcast, whatever the tensors' memory format)."""
-    tensors = list(module.state_dict().values())
-    flat = torch.cat([tensor.flatten() for tensor in tensors])
-    dist.broadcast(flat, src=0)
-    for tensor, value in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
-        tensor.copy_(value.view_as(tensor))
-
-
-def all_reduce_gradients(module: torch.nn.Module, world_size: int) -> None:
-    """Average gradients over ranks with one flat all-reduce.
-
-    Done by hand as in stylegan2-ada: DDP's hooks only follow gradients that land in ``.grad``, not the
-    double backward of the gradient penalty.
-    """
-    params = [p for p in module.parameters() if p.requires_grad]
-    for param in params:
-        if param.grad is None:
-            param.grad = torch.zeros_like(param)
-    flat = torch.cat([param.grad.flatten() for param in params])
-    dist.all_reduce(flat)
-    flat /= world_size
-    for param, grad in zip(params, flat.split([p.numel() for p in params]), strict=True):
-        param.grad.copy_(grad.view_as(param))
-
-
-def check_ranks_agree(state: TrainState, ddp: Distributed) -> None:
-    """Every rank must end with rank 0's weights: averaged gradients keep them equal, and a rank that drifted
-    (a launcher mix-up, a non-deterministic kernel on one machine) would make the checkpoint one rank's alone."""
-    agree = True
-    for module in (state.generator, state.critic, state.ema):
-        for tensor in module.state_dict().values():
-            reference = tensor.detach().clone()
-            dist.broadcast(reference, src=0)
-            agree &= torch.equal(reference, tensor)
-    flag = torch.tensor([1 if agree else 0], device=next(state.generator.parameters()).device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    if not flag.item():
-        raise RuntimeError(f"rank {ddp.rank}: the weights of the {ddp.world_size} processes differ after training")
-    logger.info("rank %d of %d: weights equal to rank 0's", ddp.rank, ddp.world_size)
-
-
-def gather_rng_states(ddp: Distributed) -> list[dict[str, Any]]:
-    """Every rank's RNG states, so each rank resumes its own random stream."""
-    if not ddp.enabled:
-        return [rng_state()]
-    states: list[Any] = [None] * ddp.world_size
-    dist.all_gather_object(states, rng_state())
-    return states
 
 
 @torch.no_grad()
@@ -213,38 +129,6 @@ def final_step(config: TrainConfig, stages: Sequence[Stage], step: int) -> int:
     return min(end, config.max_steps) if config.max_steps is not None else end
 
 
-def write_plan_progress(run_dir: Path, stages: Sequence[Stage], step: int) -> None:
-    """``plan.json``: the stages and where the run stands, beside the checkpoint it describes."""
-    current = stage_at(stages, step)
-    progress = {
-        "step": step,
-        "stage": current.number,
-        "stages": len(stages),
-        "done": step >= stages[-1].end_step,
-        "plan": [dataclasses.asdict(stage) for stage in stages],
-    }
-    atomic_write_text(run_dir / PLAN_PROGRESS, json.dumps(progress, indent=2) + "\n")
-
-
-def time_is_up(max_seconds: float | None, started: float, ddp: Distributed, device: torch.device) -> bool:
-    """Whether the time budget is spent, as rank 0's clock says, so that every rank stops at the same step."""
-    if max_seconds is None:
-        return False
-    spent = torch.tensor([float(time.perf_counter() - started >= max_seconds)], device=device)
-    if ddp.enabled:
-        dist.broadcast(spent, src=0)
-    return bool(spent.item())
-
-
-def mean_over_ranks(stats: dict[str, torch.Tensor], ddp: Distributed) -> dict[str, float]:
-    """Logged losses averaged over every rank's batch, so a multi-GPU run logs what it trains on."""
-    values = torch.stack([value.detach().float() for value in stats.values()])
-    if ddp.enabled:
-        dist.all_reduce(values)
-        values /= ddp.world_size
-    return dict(zip(stats, values.tolist(), strict=True))
-
-
 def optimizer_step(
     optimizer: torch.optim.Optimizer, loss: torch.Tensor, module: torch.nn.Module, ddp: Distributed
 ) -> None:
@@ -273,65 +157,6 @@ def check_data_order(config: TrainConfig, saved: dict[str, Any], source: Path) -
                 f"{key}: resuming {source}, trained with {saved.get(key)!r}, not {current[key]!r};"
                 " to train on other data start a new run_name with init_from"
             )
-
-
-def read_metrics(path: Path, up_to_step: int) -> list[dict[str, Any]]:
-    """Rows logged before a resumed checkpoint; rows a killed run logged after it are dropped."""
-    if not path.is_file():
-        return []
-    table = read_table(path, "delete it to resume without the earlier rows, or restore it")
-    return table[table["step"] <= up_to_step].to_dict("records")
-
-
-def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    with atomic_path(path, suffix=".parquet") as tmp:
-        pd.DataFrame(rows).to_parquet(tmp, index=False)
-
-
-class TensorBoard:
-    """Rank 0's TensorBoard event files in ``runs/<run_name>/tensorboard/``: every logged metrics row and every
-    snapshot; nothing on other ranks, with ``tensorboard: false``, or by default without the package.
-
-    Each process starts a new event file; its ``purge_step`` tells TensorBoard to drop what a killed process
-    logged after the checkpoint this one resumed from, as ``metrics.parquet`` drops those rows.
-    """
-
-    def __init__(self, writer: SummaryWriter | None) -> None:
-        self.writer = writer
-
-    @classmethod
-    def open(cls, config: TrainConfig, ddp: Distributed, step: int) -> TensorBoard:
-        """Event files from ``step + 1`` on, where ``config`` asks for them."""
-        if not ddp.is_main or config.tensorboard is False:
-            return cls(None)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            if config.tensorboard:
-                raise
-            logger.info("tensorboard: not installed, so no event files (pip install -e '.[tensorboard]')")
-            return cls(None)
-        return cls(SummaryWriter(config.run_dir / TENSORBOARD_DIR, purge_step=step + 1))
-
-    def scalars(self, row: dict[str, Any]) -> None:
-        """One metrics row, each value under its column's name."""
-        if self.writer is not None:
-            for key, value in row.items():
-                if key != "step":
-                    self.writer.add_scalar(key, value, row["step"])
-
-    def image(self, path: Path, step: int) -> None:
-        """A snapshot PNG, under one tag, so TensorBoard's step slider runs through the snapshots."""
-        if self.writer is not None:
-            with Image.open(path) as image:
-                self.writer.add_image("snapshot", np.asarray(image.convert("RGB")), step, dataformats="HWC")
-
-    def __enter__(self) -> TensorBoard:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 @dataclass
@@ -553,119 +378,9 @@ def _train(
     )
 
 
-def format_row(row: dict[str, Any]) -> str:
-    return " ".join(
-        f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}" for key, value in row.items()
-    )
-
-
-def summary(result: TrainResult) -> dict[str, Any]:
-    """What a finished run reports: steps, checkpoint, run directory and the last metrics."""
-    return {
-        "steps": result.step,
-        "checkpoint": str(result.checkpoint),
-        "run_dir": str(result.run_dir),
-        **({"plan_progress": result.plan_progress} if result.plan_progress else {}),
-        **{key: value for key, value in result.metrics.items() if key != "step"},
-    }
-
-
-def pipes_metadata(result: TrainResult) -> dict[str, Any]:
-    """:func:`summary` for Dagster: the curves and the latest snapshot inline and as files, ``metrics.parquet``
-    and the run as paths."""
-    curves = plot_curves(pd.read_parquet(result.run_dir / METRICS), result.run_dir / CURVES_NAME)
-    snapshot = latest_snapshot(result.run_dir)
-    images = [("curves", curves, "training curves"), *([("snapshot", snapshot, "latest snapshot")] if snapshot else [])]
-    paths = {key: path for key, path, _ in images} | {"metrics_parquet": result.run_dir / METRICS}
-    return {
-        "preview": {"raw_value": "\n\n".join(preview_markdown(path, title) for _, path, title in images), "type": "md"},
-        **summary(result),
-        **{key: {"raw_value": str(path), "type": "path"} for key, path in paths.items()},
-    }
-
-
-def torchrun_command(config: TrainConfig, argv: Sequence[str]) -> list[str]:
-    """This entry point under torchrun: ``gpus`` processes on this machine, and with ``nnodes`` above 1 the
-    c10d rendezvous that joins the machines (else ``--standalone``)."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={config.gpus}"]
-    if config.nnodes == 1:
-        launcher.insert(3, "--standalone")
-    else:
-        rendezvous = f"--rdzv-endpoint={config.rdzv_endpoint}", f"--rdzv-id={config.rdzv_id or config.run_name}"
-        launcher += [f"--nnodes={config.nnodes}", "--rdzv-backend=c10d", *rendezvous]
-    return [*launcher, "-m", "model.train", *argv]
-
-
-class _ForwardToPipes(logging.Handler):
-    """The trainer's own log records (stage boundaries, resume and rank notes) also as Dagster log events: they
-    would otherwise reach only the step's captured stderr."""
-
-    def __init__(self, log: logging.Logger) -> None:
-        super().__init__(logging.INFO)
-        self._log = log
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.name == "__main__" or record.name.split(".")[0] == "model"  # ``python -m model.train``
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self._log.log(record.levelno, record.getMessage())
-
-
-@contextlib.contextmanager
-def _logs_forwarded_to(log: logging.Logger) -> Iterator[None]:
-    handler = _ForwardToPipes(log)
-    logging.getLogger().addHandler(handler)
-    try:
-        yield
-    finally:
-        logging.getLogger().removeHandler(handler)
-
-
-USER_ERRORS = (TrainConfigError, DataError, DiskFullError, torch.OutOfMemoryError)
-"""Failures their message explains (a setting, a damaged file or checkpoint, the disk, GPU memory): one line,
-never a traceback."""
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, help="YAML file of TrainConfig values")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a config value")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        launch = read_train_config(args.config, args.overrides)
-    except TrainConfigError as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    if (launch.gpus > 1 or launch.nnodes > 1) and "RANK" not in os.environ:
-        # One process per GPU: torchrun starts them with this same command line and waits for them.
-        os.execv(sys.executable, torchrun_command(launch, sys.argv[1:] if argv is None else list(argv)))
-    # The machine Dagster started reports, from its first process: with several machines, global rank 0 (which
-    # the rendezvous may place on another one) logs the rows, and the shared run directory has them for all.
-    if PipesEnvVarParamsLoader().is_dagster_pipes_process() and os.environ.get("LOCAL_RANK", "0") == "0":
-        with open_dagster_pipes() as pipes, _logs_forwarded_to(pipes.log):
-            try:
-                config = load_train_config(args.config, args.overrides)
-                pipes.log.info(f"training {config.run_name} on {config.data_root}, shards {config.shards}")
-                result = train(config, report=lambda row: pipes.log.info(format_row(row)))
-            except USER_ERRORS as error:
-                pipes.log.error(str(error))
-                failure = pipes.extras.get(FAILURE_EXTRA)
-                if failure:  # the Dagster step fails with this line instead of the exit code
-                    with contextlib.suppress(OSError):  # a full disk: the line above reached the run's log anyway
-                        Path(failure).write_text(str(error))
-                message = str(error)
-            else:
-                pipes.report_asset_materialization(metadata=pipes_metadata(result))
-                return
-        parser.exit(2, f"{parser.prog}: error: {message}\n")
-    try:
-        result = train(
-            load_train_config(args.config, args.overrides), report=lambda row: print(format_row(row), flush=True)
-        )
-    except USER_ERRORS as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    if distributed_from_env().is_main:
-        print(format_row(summary(result)), flush=True)
+    """``python -m model.train``: :func:`train` as :func:`model.launch.main` runs it (torchrun, Pipes, or a shell)."""
+    launch.main(train, argv)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ from model.data import (
     to_device,
 )
 from model.inference import Colorizer
-from model.train import torchrun_command, train
+from model.launch import torchrun_command
+from model.train import train
 from pipeline.core.color import colorfulness, rgb_to_lab_u8
 from pipeline.core.contract import PAD_ID, SHARD_NAME
 from pipeline.core.layout import DatasetPaths, Split, read_layout

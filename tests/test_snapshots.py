@@ -19,9 +19,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from model.checkpoint import load_checkpoint
 from model.collage import MIN_TILE
 from model.config import TrainConfig, TrainConfigError, validate_train_config
+from model.launch import pipes_metadata
 from model.photo_sets import holdout_set
+from model.reporting import TENSORBOARD_DIR
 from model.snapshots import LATEST_NAME, SNAPSHOT_DIR, SNAPSHOT_ROWS, snapshot_photos
-from model.train import TENSORBOARD_DIR, TrainResult, pipes_metadata, train
+from model.train import TrainResult, train
 from pipeline.core.color import lab_u8_to_rgb
 from pipeline.core.layout import DatasetPaths
 from pipeline.core.render import CollageLayout
@@ -185,7 +187,7 @@ def test_tensorboard_is_optional_unless_required(
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(TrainConfigError, match=r"^tensorboard: true, but the tensorboard package is not installed"):
         validate_train_config(snapshot_config(tiny_data, tmp_path, "required", tensorboard=True))
-    with caplog.at_level(logging.INFO, logger="model.train"):
+    with caplog.at_level(logging.INFO, logger="model.reporting"):
         result = train(snapshot_config(tiny_data, tmp_path, "optional", max_steps=1))
     assert "tensorboard: not installed, so no event files" in caplog.text
     assert not (result.run_dir / TENSORBOARD_DIR).exists()

@@ -69,7 +69,7 @@ def run_training(
 ) -> dg.MaterializeResult:
     """Run the trainer through Pipes; where it ends in a user error (a damaged file, a full disk), the step fails
     with that error's one line, which the trainer writes to ``failure``, not with its exit code."""
-    from model.train import FAILURE_EXTRA  # torch: loaded by this step only
+    from model.launch import FAILURE_EXTRA  # torch: loaded by this step only
 
     extras = {FAILURE_EXTRA: str(failure)}
     try:
