@@ -148,14 +148,20 @@ def holdout_set(
     selection = seeded_subset(colour_photos(images, [holdout_shard]), n_images, seed)
     if selection.empty:
         raise DataError(f"held-out shard {holdout_shard} of {paths.root} has no valid colour photos to evaluate on")
-    return EvaluationSet.of(
-        paths,
-        selection["image_id"].to_numpy(),
-        tokenizer,
-        f"held-out shard {holdout_shard:03d} of {paths.root.name}",
-        lambda positions: read_rows(paths, selection.iloc[positions]),
-        {"split": "holdout", "holdout_shard": holdout_shard, "n_images": n_images, "seed": seed},
-    )
+    description = f"held-out shard {holdout_shard:03d} of {paths.root.name}"
+    protocol = {"split": "holdout", "holdout_shard": holdout_shard, "n_images": n_images, "seed": seed}
+    return rows_set(paths, selection, tokenizer, description, protocol)
+
+
+def rows_set(
+    paths: DatasetPaths, rows: pd.DataFrame, tokenizer: str, description: str, protocol: dict[str, Any]
+) -> EvaluationSet:
+    """The photos of ``rows`` (of ``images.parquet``), read from the shards as stored."""
+
+    def read(positions: np.ndarray) -> np.ndarray:
+        return read_rows(paths, rows.iloc[positions])
+
+    return EvaluationSet.of(paths, rows["image_id"].to_numpy(), tokenizer, description, read, protocol)
 
 
 def square_lab(data: bytes, protocol: Protocol) -> np.ndarray:

@@ -20,7 +20,7 @@ from model.collage import coloured_collage
 from model.data import TokenIndex, checkpoint_ids
 from model.inference import Colorizer
 from model.networks import Generator
-from model.photo_sets import IMAGE_COLUMNS, EvaluationSet, colour_photos, holdout_set, read_rows
+from model.photo_sets import IMAGE_COLUMNS, EvaluationSet, colour_photos, holdout_set, rows_set
 from pipeline.core.files import atomic_path
 from pipeline.core.layout import DataError, DatasetPaths, read_images_table
 
@@ -51,14 +51,8 @@ def snapshot_photos(
     if first.empty:
         raise DataError(f"snapshot_every: shards {list(shards)} hold no colour photo to show; set it to 0")
     logger.info("snapshots: %s; showing the first training photos instead", reason)
-    return EvaluationSet.of(
-        paths,
-        first["image_id"].to_numpy(),
-        tokenizer,
-        f"first training photos of {paths.root.name}",
-        lambda positions: read_rows(paths, first.iloc[positions]),
-        {"split": "train", "shards": list(shards)},
-    )
+    description = f"first training photos of {paths.root.name}"
+    return rows_set(paths, first, tokenizer, description, {"split": "train", "shards": list(shards)})
 
 
 class SnapshotWriter:

@@ -7,14 +7,16 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from model.train import train
+from pipeline.core.layout import DatasetPaths
 from pipeline.core.vocabulary import O200K_CACHE_NAME, resolve_o200k_file
+from tests.helpers import REPO_ROOT, TINY_HOLDOUT, SampleInstance, TinyRun, tiny_config, write_tiny_dataset
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFILLED_CACHES = (REPO_ROOT.parent / "shared" / "tiktoken",)
 """Caches that may already hold a copy (a CI machine's); used when present, never required."""
 
@@ -48,16 +50,6 @@ def vocabulary_dir(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPat
     return resolve_o200k_file(cache).parent
 
 
-@dataclass(frozen=True)
-class SampleInstance:
-    """A Dagster instance and data root over which `make demo` has materialized the whole sample graph."""
-
-    data: Path
-    home: Path
-    env: dict[str, str]
-    make_output: str
-
-
 @pytest.fixture(scope="session")
 def sample_instance(tmp_path_factory: pytest.TempPathFactory, vocabulary_dir: Path) -> SampleInstance:
     """`make demo` run once, as a user runs it (with the CI training preset), for every test that reads its results:
@@ -80,14 +72,29 @@ def sample_instance(tmp_path_factory: pytest.TempPathFactory, vocabulary_dir: Pa
     return SampleInstance(data=data, home=home, env=env, make_output=done.stdout)
 
 
-def training_refusal(*overrides: str) -> str:
-    """What ``python -m model.train key=value …`` says when it refuses to train: exit code 2 and one line."""
-    done = subprocess.run(
-        [sys.executable, "-m", "model.train", *overrides],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    return done.stderr.strip()
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, vocabulary_dir: Path) -> TinyRun:
+    """The tiny dataset (:func:`tests.helpers.write_tiny_dataset`) and a checkpoint of six training steps on its
+    first shard.
+
+    The learning rate is high so that six steps already move the zero-initialised output away from grey.
+    """
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    paths = write_tiny_dataset(root, vocabulary_dir)
+    config = tiny_config(
+        root, run_name="tiny", holdout_shard=TINY_HOLDOUT, epochs=100, max_steps=6, lr=5e-3, n_critic=1,
+        log_every=6, ckpt_every=6, keep_checkpoints=1, prefetch=1,
+    )  # fmt: skip
+    return TinyRun(paths=paths, checkpoint=train(config).checkpoint)
+
+
+@pytest.fixture(scope="session")
+def write_dataset(vocabulary_dir: Path) -> Callable[..., DatasetPaths]:
+    """:func:`tests.helpers.write_tiny_dataset` for tests of a second dataset (``root``, ``photo_offset``)."""
+    return lambda root, photo_offset=0: write_tiny_dataset(root, vocabulary_dir, photo_offset)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_run: TinyRun) -> Path:
+    """Just the checkpoint, for tests that bring their own photos."""
+    return tiny_run.checkpoint

@@ -15,8 +15,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, Response, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from tests.conftest import REPO_ROOT, SampleInstance
-from tests.test_webserver import free_port, query_when_ready
+from tests.helpers import REPO_ROOT, SampleInstance, free_port, query_when_ready
 
 CHROMIUM_FLAGS = [
     "--headless",

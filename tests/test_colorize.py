@@ -27,8 +27,6 @@ from pipeline.core.photos import center_square
 from pipeline.core.render import CollageLayout
 from pipeline.core.vocabulary import encode_tags, load_tag_encoding, parse_tags, tag_text
 
-pytest_plugins = ["tests.helpers_model"]
-
 WIDTH, HEIGHT = 101, 67
 
 

@@ -36,81 +36,30 @@ from pipeline.sources import base
 from pipeline.sources.base import PhotoUnavailable
 from pipeline.sources.zips import is_unsafe_member
 from pipeline.tokens import build_tag_tokens
+from tests.helpers import (
+    BAD,
+    CMYK,
+    CORRUPT,
+    EMPTY,
+    GREY,
+    LARGE,
+    MISSING,
+    NEUTRAL,
+    PNG,
+    PORTRAIT,
+    SMALL,
+    SPEC,
+    TAGS,
+    TRUNCATED,
+    UNSAFE,
+    UNSAFE_TAGS,
+    encoded,
+    photos,
+    picture,
+    write_raw,
+)
 
 SIZE = 32
-SPEC = dataclasses.replace(load_dataset_spec("sample"), n_images=12, shard_size=5, image_size=SIZE)
-SMALL, LARGE, GREY, CMYK, PNG, MISSING, EMPTY, TRUNCATED, CORRUPT, PORTRAIT, NEUTRAL, SEPIA = range(12)
-BAD = {MISSING: "missing", EMPTY: "empty", TRUNCATED: "truncated", CORRUPT: "undecodable"}
-UNSAFE = ("../evil.jpg", "images/0/../../../escape.jpg")
-UNSAFE_TAGS = ("/etc/evil.txt",)
-TAGS: dict[int, tuple[bytes, list[str]]] = {
-    SMALL: (b"sky\nblue\n", ["sky", "blue"]),
-    LARGE: (b"  sunset \r\n\r\nbeach\r\n", ["sunset", "beach"]),
-    GREY: (b"bw\nblackandwhite\n", ["bw", "blackandwhite"]),
-    CMYK: (b"", []),
-    PNG: ("café\n東京\n".encode(), ["café", "東京"]),
-    EMPTY: (b"caf\xe9\n", ["café"]),
-    TRUNCATED: (
-        "\n".join(f"interestingness{i}" for i in range(12)).encode(),
-        [f"interestingness{i}" for i in range(12)],
-    ),
-    **{i: (f"tag{i}\n".encode(), [f"tag{i}"]) for i in (CORRUPT, PORTRAIT, NEUTRAL, SEPIA)},
-}
-"""Tag files by image id (raw bytes, expected tags); MISSING has no tag file at all."""
-
-
-def picture(seed: int, width: int, height: int) -> np.ndarray:
-    """Smooth colour gradients with noise: uint8 RGB whose resize and colour conversion are not trivial."""
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:height, 0:width] / max(width, height)
-    ramps = np.stack([rng.uniform(-90, 90) * xs + rng.uniform(-90, 90) * ys for _ in range(3)], axis=-1)
-    noisy = rng.uniform(60, 190, 3) + ramps + rng.normal(0.0, 12.0, (height, width, 3))
-    return np.clip(noisy, 0, 255).astype(np.uint8)
-
-
-def toned(seed: int, cast: tuple[float, float, float], gain: tuple[float, float, float]) -> np.ndarray:
-    """A greyscale picture printed with a colour ``gain`` per channel plus ``cast`` and a little noise."""
-    grey = picture(seed, 40, 40).mean(axis=-1, keepdims=True)
-    noise = np.random.default_rng(seed).normal(0.0, 1.5, (40, 40, 3))
-    return np.clip(grey * np.array(gain) + np.array(cast) + noise, 0, 255).astype(np.uint8)
-
-
-def encoded(image: Image.Image, fmt: str = "JPEG", **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **({"quality": 90} if fmt == "JPEG" else {}), **options)
-    return buffer.getvalue()
-
-
-def photos() -> dict[int, bytes]:
-    """Member bytes by image id: good photos of several kinds and every kind of bad one (MISSING absent)."""
-    good = encoded(Image.fromarray(picture(7, 64, 48)))
-    return {
-        SMALL: encoded(Image.fromarray(picture(0, 60, 44))),
-        LARGE: encoded(Image.fromarray(picture(1, 300, 200))),
-        GREY: encoded(Image.fromarray(picture(2, 50, 40)).convert("L")),
-        CMYK: encoded(Image.fromarray(picture(3, 48, 40)).convert("CMYK")),
-        PNG: encoded(Image.fromarray(picture(4, 40, 40)).convert("RGBA"), "PNG"),
-        EMPTY: b"",
-        TRUNCATED: good[: len(good) * 2 // 3],
-        CORRUPT: np.random.default_rng(9).bytes(3000),
-        PORTRAIT: encoded(Image.fromarray(picture(5, 40, 70))),
-        NEUTRAL: encoded(Image.fromarray(toned(10, (2.0, 0.0, -2.0), (1.0, 1.0, 1.0)))),
-        SEPIA: encoded(Image.fromarray(toned(11, (10.0, 10.0, 10.0), (1.0, 0.9, 0.75)))),
-    }
-
-
-def write_raw(paths: DatasetPaths, images: dict[int, bytes]) -> None:
-    paths.raw.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(paths.archive("images0"), "w") as archive:
-        for image_id, data in images.items():
-            archive.writestr(SPEC.image_member(image_id), data)
-        for name in UNSAFE:
-            archive.writestr(name, images[SMALL])
-    with zipfile.ZipFile(paths.archive("tags"), "w") as archive:
-        for image_id, (raw, _) in TAGS.items():
-            archive.writestr(SPEC.tag_member(image_id), raw)
-        for name in UNSAFE_TAGS:
-            archive.writestr(name, b"sky\n")
 
 
 def convert_one(spec: DatasetSpec, paths: DatasetPaths, shard: int, vocabulary_dir: Path) -> ShardResult:

@@ -35,12 +35,7 @@ from pipeline.defs.factory import build_dataset_assets
 from pipeline.defs.resources import storage_from_environ
 from pipeline.stats import compute_data_stats
 from pipeline.tokens import build_tag_tokens
-from tests.conftest import training_refusal
-from tests.test_assets import run
-from tests.test_convert import SPEC, photos, write_raw
-from tests.test_model_training import _tensors, sample_dataset, tiny_config
-
-pytest_plugins = ["tests.helpers_model"]
+from tests.helpers import SPEC, materialize, photos, sample_dataset, tensors, tiny_config, training_refusal, write_raw
 
 
 def halve(path: Path) -> None:
@@ -131,18 +126,18 @@ def test_data_stats_fails_in_dagster_with_the_damaged_files_line(tmp_path: Path,
     write_raw(DatasetPaths(tmp_path / "sample"), photos())
     storage = storage_from_environ({"TAGCOLOR_DATA_DIR": str(tmp_path), "TIKTOKEN_CACHE_DIR": str(vocabulary_dir)})
     assets = build_dataset_assets(SPEC)
-    run(
+    materialize(
         assets,
-        "lab_shards",
+        "sample/lab_shards",
         storage,
         tags={"dagster/asset_partition_range_start": "000", "dagster/asset_partition_range_end": "002"},
     )
-    run(assets, "tag_tokens", storage)
+    materialize(assets, "sample/tag_tokens", storage)
     halve(DatasetPaths(tmp_path / "sample").shard(2))
     with pytest.raises(
         dg.Failure, match=r"^[^\n]*lab_002\.npy: truncated: .*; " + remedy("lab_shards", "002", "sample") + "$"
     ):
-        run(assets, "data_stats", storage)
+        materialize(assets, "sample/data_stats", storage)
 
 
 @pytest.fixture
@@ -172,8 +167,8 @@ def test_a_damaged_latest_checkpoint_resumes_from_the_newest_readable_step_file_
     ), warning
     keys = ("generator", "critic", "ema", "opt_g", "opt_d", "rng")
     expected, actual = (
-        _tensors(load_checkpoint(full.checkpoint), keys),
-        _tensors(load_checkpoint(resumed.checkpoint), keys),
+        tensors(load_checkpoint(full.checkpoint), keys),
+        tensors(load_checkpoint(resumed.checkpoint), keys),
     )
     assert expected.keys() == actual.keys()
     for name, tensor in expected.items():
@@ -273,7 +268,7 @@ def test_a_full_disk_names_the_file_being_written_and_the_space_left(
     storage = storage_from_environ({"TAGCOLOR_DATA_DIR": str(tmp_path), "TIKTOKEN_CACHE_DIR": str(vocabulary_dir)})
     full_disk("tokens.npy")
     with pytest.raises(dg.Failure, match=rf"^{re.escape(str(paths.tokens))}: {FULL}"):
-        run(build_dataset_assets(SPEC), "tag_tokens", storage)
+        materialize(build_dataset_assets(SPEC), "sample/tag_tokens", storage)
     full_disk("tag_words.npy")
     with pytest.raises(DiskFullError, match=rf"tag_words\.npy: {FULL}"):
         build_tag_tokens(SPEC, paths, load_tag_encoding(vocabulary_dir))

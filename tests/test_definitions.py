@@ -18,7 +18,7 @@ from pipeline.defs.definitions import build_definitions
 from pipeline.defs.factory import build_dataset_assets
 from pipeline.defs.resources import storage_from_environ
 from pipeline.defs.training import ColorizerConfig, train_config_path, training_command
-from tests.test_model_training import sample_dataset
+from tests.helpers import sample_dataset
 
 ASSETS = ("archives", "tags_archive", "lab_shards", "tag_tokens", "data_stats", "colorizer", "evaluation")
 

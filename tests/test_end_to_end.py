@@ -17,9 +17,7 @@ from PIL import Image
 from docs.refresh import BEGIN, END
 from model.collage import MIN_TILE
 from pipeline.core.render import CollageLayout
-from tests.conftest import REPO_ROOT, SampleInstance
-from tests.test_folder import folder_of_scenes, scene
-from tests.test_stats import assert_report_matches_tables
+from tests.helpers import REPO_ROOT, SampleInstance, assert_report_matches_tables, folder_of_scenes, scene
 
 
 @pytest.mark.slow

@@ -46,11 +46,11 @@ from pipeline.core.render import (
     preview_markdown,
     render_collage,
 )
+from tests.helpers import TinyRun
 
 if TYPE_CHECKING:
-    from tests.helpers_model import TinyRun
+    from tests.helpers import TinyRun
 
-pytest_plugins = ["tests.helpers_model"]
 
 TILE = 48
 COLLAGE_ROWS = 4

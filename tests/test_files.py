@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.files import STALE_AFTER_S, atomic_path, atomic_write_text, sweep_stale_temporaries
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 KILLED_WRITER = """
 import sys, time

@@ -8,48 +8,18 @@ import struct
 import zlib
 from pathlib import Path
 
-import cv2
-import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
 from pipeline.core.layout import DatasetPaths, Split, read_images_table
-from pipeline.datasets import load_dataset_spec, parse_dataset_spec
+from pipeline.datasets import parse_dataset_spec
 from pipeline.defs.factory import build_dataset_assets
 from pipeline.defs.resources import storage_from_environ
 from pipeline.sources import folder
-from pipeline.sources.synthetic import sample_image, sample_tags
-
-SAMPLE = load_dataset_spec("sample")
-
-
-def jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    assert ok
-    return data.tobytes()
-
-
-def scene(image_id: int) -> bytes:
-    """One of the synthetic sample's tagged scenes, as a JPEG."""
-    return jpeg(sample_image(SAMPLE, image_id))
-
-
-def write_photos(root: Path, names: dict[str, bytes]) -> None:
-    for name, data in names.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-
-
-def folder_of_scenes(root: Path, n: int, sidecars: bool = True) -> dict[str, int]:
-    """``n`` scenes as ``album<k // 10>/photo<k>.jpg`` with sidecar tags; returns path → scene id."""
-    names = {f"album{k // 10}/photo{k:02d}.jpg": k for k in range(n)}
-    write_photos(root, {name: scene(k) for name, k in names.items()})
-    if sidecars:
-        for name, k in names.items():
-            (root / name).with_suffix(".txt").write_text("".join(f"{tag}\n" for tag in sample_tags(SAMPLE, k)))
-    return names
+from pipeline.sources.synthetic import sample_image
+from tests.helpers import SAMPLE, folder_of_scenes, materialize, scene, write_photos
 
 
 def spec_for(root: Path, **values: object) -> folder.Spec:
@@ -167,15 +137,6 @@ def test_tags_from_sidecars_or_from_tags_csv(tmp_path: Path) -> None:
         assert tags.unsafe_entries() == 2
 
 
-def materialize(
-    assets: list, name: str, storage: dg.ConfigurableResource, dataset: str = "mine", **options: object
-) -> dg.ExecuteInJobResult:
-    """The asset ``<dataset>/<name>`` of ``assets`` with its checks, in process."""
-    key = dg.AssetKey([dataset, name])
-    selected = [a for a in assets if key in a.keys or {c.asset_key for c in a.check_keys} == {key}]
-    return dg.materialize(selected, resources={"storage": storage}, **options)
-
-
 def bad_folder(root: Path, outside: Path) -> dict[str, str]:
     """Good photos and every bad case, by path; the value is the row's expected ``reason`` ('' = valid)."""
     cmyk = io.BytesIO()
@@ -213,8 +174,8 @@ def test_every_bad_case_is_counted_and_nothing_shifts(tmp_path: Path, vocabulary
     env = {"TAGCOLOR_DATA_DIR": str(tmp_path / "data"), "TIKTOKEN_CACHE_DIR": str(vocabulary_dir)}
     storage = storage_from_environ(env)
     spec = storage.resolve(parse_dataset_spec({"name": "mine", "kind": "folder", "path": str(root), "image_size": 32}))
-    run = materialize(build_dataset_assets(spec), "archives", storage, partition_key="folder")
-    materialize(build_dataset_assets(spec), "tags_archive", storage)
+    run = materialize(build_dataset_assets(spec), "mine/archives", storage, partition_key="folder")
+    materialize(build_dataset_assets(spec), "mine/tags_archive", storage)
     scanned = run.get_asset_materialization_events()[0].materialization.metadata
     assert (scanned["photos"].value, scanned["outside_links"].value, scanned["skipped_files"].value) == (12, 1, 1)
 
@@ -222,11 +183,11 @@ def test_every_bad_case_is_counted_and_nothing_shifts(tmp_path: Path, vocabulary
     assert live.shard_keys() == ["000", "001", "002", "003"]
     assets = build_dataset_assets(live)
     every_shard = {"dagster/asset_partition_range_start": "000", "dagster/asset_partition_range_end": "003"}
-    shards = materialize(assets, "lab_shards", storage, tags=every_shard)
+    shards = materialize(assets, "mine/lab_shards", storage, tags=every_shard)
     assert [c.passed for c in shards.get_asset_check_evaluations()] == [True], "the shard contract holds"
-    tokens = materialize(assets, "tag_tokens", storage)
+    tokens = materialize(assets, "mine/tag_tokens", storage)
     assert [c.passed for c in tokens.get_asset_check_evaluations()] == [True]
-    stats = materialize(assets, "data_stats", storage)
+    stats = materialize(assets, "mine/data_stats", storage)
     assert [c.passed for c in stats.get_asset_check_evaluations()] == [True], "tokens align with images"
 
     paths = storage.paths("mine")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 def test_the_gpu_check_without_a_gpu_says_what_to_do_and_exits_0() -> None:

@@ -16,7 +16,7 @@ from model.config import TrainConfig, load_train_config
 from model.evaluation import evaluate_run
 from model.train import train
 from pipeline.core.layout import DatasetPaths
-from tests.test_model_training import TRAIN_CONFIGS, Killed, _tensors, sample_dataset
+from tests.helpers import TRAIN_CONFIGS, Killed, sample_dataset, tensors
 
 ONE_GPU = TRAIN_CONFIGS / "mirflickr1m_1gpu.yaml"
 TINY = ["image_size=32", "batch_size=4", "base_channels=8", "depth=2", "token_dim=16", "min_token_count=1"]
@@ -97,8 +97,8 @@ def test_the_one_gpu_preset_compiled_trains_a_plan_resumes_exactly_and_evaluates
     assert load_checkpoint(tmp_path / "killed" / "latest.pt")["step"] == 2
     resumed = train(killed)
     keys = ("generator", "critic", "ema", "opt_g", "opt_d", "rng", "token_index")
-    expected = _tensors(load_checkpoint(whole.checkpoint), keys)
-    actual = _tensors(load_checkpoint(resumed.checkpoint), keys)
+    expected = tensors(load_checkpoint(whole.checkpoint), keys)
+    actual = tensors(load_checkpoint(resumed.checkpoint), keys)
     assert expected.keys() == actual.keys()
     for name, tensor in expected.items():
         assert torch.equal(tensor, actual[name]), name

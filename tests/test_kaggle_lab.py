@@ -24,8 +24,7 @@ from pipeline.defs.resources import storage_from_environ
 from pipeline.sources import kaggle_lab
 from pipeline.sources.synthetic import sample_image, sample_tags
 from pipeline.tokens import build_tag_tokens
-from tests.conftest import training_refusal
-from tests.test_folder import SAMPLE, jpeg, materialize
+from tests.helpers import SAMPLE, jpeg, materialize, training_refusal
 
 N, SIDE = 7, 32
 AB_ROWS = (4, 2, 1)
@@ -158,11 +157,11 @@ def test_the_row_order_check_runs_with_lab_shards_in_dagster(published, vocabula
         {"TAGCOLOR_DATA_DIR": str(paths.root.parent), "TIKTOKEN_CACHE_DIR": str(vocabulary_dir)}
     )
     spec = spec_for(root)
-    materialize(build_dataset_assets(spec), "archives", storage, partition_key="arrays", dataset="kaggle")
-    materialize(build_dataset_assets(spec), "tags_archive", storage, dataset="kaggle")
+    materialize(build_dataset_assets(spec), "kaggle/archives", storage, partition_key="arrays")
+    materialize(build_dataset_assets(spec), "kaggle/tags_archive", storage)
     live = storage.resolve(spec)
     every_shard = {"dagster/asset_partition_range_start": "000", "dagster/asset_partition_range_end": "002"}
-    shards = materialize(build_dataset_assets(live), "lab_shards", storage, tags=every_shard, dataset="kaggle")
+    shards = materialize(build_dataset_assets(live), "kaggle/lab_shards", storage, tags=every_shard)
     checks = {c.check_name: c for c in shards.get_asset_check_evaluations()}
     assert {name: check.passed for name, check in checks.items()} == {"shard_contract": True, "row_order": True}
     assert checks["row_order"].metadata["geometry"].value == "resize", "which geometry fits is reported"
@@ -178,17 +177,17 @@ def test_rows_beside_other_photos_tags_are_refused_where_they_are_used(published
     rgbs = [cv2.cvtColor(cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for p in photos]
     kaggle_arrays(root, rgbs, order=[*range(1, N), 0])  # every row one photo off
     spec = spec_for(root)
-    materialize(build_dataset_assets(spec), "archives", storage, partition_key="arrays", dataset="kaggle")
-    materialize(build_dataset_assets(spec), "tags_archive", storage, dataset="kaggle")
+    materialize(build_dataset_assets(spec), "kaggle/archives", storage, partition_key="arrays")
+    materialize(build_dataset_assets(spec), "kaggle/tags_archive", storage)
     live = build_dataset_assets(storage.resolve(spec))
     every_shard = {"dagster/asset_partition_range_start": "000", "dagster/asset_partition_range_end": "002"}
-    shards = materialize(live, "lab_shards", storage, tags=every_shard, dataset="kaggle")
+    shards = materialize(live, "kaggle/lab_shards", storage, tags=every_shard)
     assert {c.check_name: c.passed for c in shards.get_asset_check_evaluations()}["row_order"] is False
-    materialize(live, "tag_tokens", storage, dataset="kaggle")
+    materialize(live, "kaggle/tag_tokens", storage)
 
     refused = r"the check row_order of kaggle/lab_shards did not pass: \d+ of 7 sampled rows match no .*lab_shards"
     with pytest.raises(dg.Failure, match=refused):
-        materialize(live, "data_stats", storage, dataset="kaggle")
+        materialize(live, "kaggle/data_stats", storage)
     with pytest.raises(TrainConfigError, match=f"^data_root: .*{refused}"):
         load_train_config(None, [f"data_root={paths.root}", f"image_size={SIDE}"])
     with pytest.raises(DataError, match=refused):
@@ -197,7 +196,7 @@ def test_rows_beside_other_photos_tags_are_refused_where_they_are_used(published
     assert re.search(refused, refusal), refusal
 
     kaggle_arrays(root, rgbs)  # the arrays as published: a passing run clears the verdict
-    shards = materialize(live, "lab_shards", storage, tags=every_shard, dataset="kaggle")
+    shards = materialize(live, "kaggle/lab_shards", storage, tags=every_shard)
     assert all(c.passed for c in shards.get_asset_check_evaluations())
-    assert materialize(live, "data_stats", storage, dataset="kaggle").success
+    assert materialize(live, "kaggle/data_stats", storage).success
     assert load_train_config(None, [f"data_root={paths.root}", f"image_size={SIDE}"]).holdout_shard == 2

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 DAGSTER = ("dagster", "dagster_webserver", "dagster_graphql", "dagster_dg_cli", "dagster_shared")
 TORCH = ("torch", "torchvision")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -42,41 +41,25 @@ from model.data import (
 from model.inference import Colorizer
 from model.launch import torchrun_command
 from model.train import train
-from pipeline.core.color import colorfulness, rgb_to_lab_u8
+from pipeline.core.color import colorfulness
 from pipeline.core.contract import PAD_ID, SHARD_NAME
 from pipeline.core.layout import DatasetPaths, Split, read_layout
+from tests.helpers import (
+    TRAIN_CONFIGS,
+    Killed,
+    contract_dataset,
+    free_port,
+    sample_dataset,
+    tensors,
+    tiny_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_CONFIGS = REPO / "assets_config" / "train"
 SHARD_SIZE = 24
 N_IMAGES = 3 * SHARD_SIZE
 SIZE = 32
 INVALID = (3, 30)
 GRAYSCALE = (5, 31)
-
-
-def write_dataset(
-    root: Path, lab: np.ndarray, tokens: np.ndarray, shard_size: int, valid: np.ndarray, grayscale: np.ndarray
-) -> Path:
-    """The files of the data contract: Lab shards, ``tokens.npy`` and the ``images.parquet`` directory."""
-    (root / "shards").mkdir(parents=True)
-    (root / "images.parquet").mkdir()
-    np.save(root / "tokens.npy", tokens.astype(np.int32))
-    for shard, start in enumerate(range(0, len(lab), shard_size)):
-        ids = np.arange(start, min(start + shard_size, len(lab)))
-        np.save(root / "shards" / SHARD_NAME.format(shard=shard), lab[ids])
-        pd.DataFrame(
-            {
-                "image_id": ids,
-                "shard": shard,
-                "row": ids - start,
-                "valid": valid[ids],
-                "reason": np.where(valid[ids], "", "missing"),
-                "is_grayscale": grayscale[ids],
-                "colorfulness": 10.0,
-            }
-        ).to_parquet(root / "images.parquet" / f"{shard:03d}.parquet")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -92,27 +75,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     valid[list(INVALID)] = False
     grayscale = np.zeros(N_IMAGES, bool)
     grayscale[list(GRAYSCALE)] = True
-    return write_dataset(tmp_path_factory.mktemp("data"), lab, tokens, SHARD_SIZE, valid, grayscale)
-
-
-def tiny_config(dataset: Path, run_dir: Path, **changes: Any) -> TrainConfig:
-    """Small widths and batches: about a quarter second per step on two CPU cores."""
-    values: dict[str, Any] = dict(
-        data_root=str(dataset),
-        runs_dir=str(run_dir),
-        run_name="run",
-        image_size=SIZE,
-        batch_size=4,
-        epochs=1000,
-        base_channels=8,
-        depth=2,
-        token_dim=16,
-        log_every=1,
-        ckpt_every=2,
-        keep_checkpoints=2,
-        device="cpu",
-    )
-    return TrainConfig(**(values | changes))
+    return contract_dataset(tmp_path_factory.mktemp("data"), lab, tokens, SHARD_SIZE, valid, grayscale)
 
 
 @pytest.mark.parametrize(
@@ -316,29 +279,6 @@ def test_colorizer_predicts_encoded_ab_at_any_size(trained_run: Path) -> None:
         colorizer.predict_ab(l_u8, tokens[:2])
 
 
-def _tensors(payload: dict[str, Any], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Every tensor under ``keys``, by a flat name."""
-    flat: dict[str, torch.Tensor] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, torch.Tensor):
-            flat[prefix] = value
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}.{key}", item)
-        elif isinstance(value, list | tuple):
-            for i, item in enumerate(value):
-                walk(f"{prefix}.{i}", item)
-
-    for key in keys:
-        walk(key, payload[key])
-    return flat
-
-
-class Killed(RuntimeError):
-    """Stands in for a process killed between two checkpoints."""
-
-
 @pytest.mark.parametrize(
     "schedule",
     [{}, {"l1_warmup_steps": 2, "gp_every": 2}],
@@ -363,7 +303,7 @@ def test_kill_and_resume_is_bit_identical(dataset: Path, tmp_path: Path, schedul
     assert resumed.step == full.step == 5
     expected, actual = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
     keys = ("generator", "critic", "ema", "opt_g", "opt_d", "rng", "token_index")
-    expected_tensors, actual_tensors = _tensors(expected, keys), _tensors(actual, keys)
+    expected_tensors, actual_tensors = tensors(expected, keys), tensors(actual, keys)
     assert expected_tensors.keys() == actual_tensors.keys()
     for name, tensor in expected_tensors.items():
         assert torch.equal(tensor, actual_tensors[name]), name
@@ -435,8 +375,8 @@ def test_resume_refuses_other_data_and_init_from_starts_a_new_run(dataset: Path,
     started = load_checkpoint(train(follow).checkpoint)
     assert started["step"] == 1 and started["config"]["shards"] == [1]
     assert {int(state["step"]) for state in started["opt_g"]["state"].values()} == {1}, "fresh optimizers"
-    weights = _tensors(load_checkpoint(first.checkpoint), ("generator",))
-    for name, tensor in _tensors(started, ("generator",)).items():
+    weights = tensors(load_checkpoint(first.checkpoint), ("generator",))
+    for name, tensor in tensors(started, ("generator",)).items():
         assert (tensor - weights[name]).abs().max() <= 2 * follow.lr, f"{name}: one Adam step from the old weights"
 
 
@@ -472,12 +412,6 @@ def test_out_of_memory_names_the_settings_to_lower(
         train(tiny_config(dataset, tmp_path, max_steps=1))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world_size: int, port: int, config: TrainConfig, out: Path) -> None:
     """One torchrun-like rank: the launcher's environment, then an ordinary ``train`` call."""
     os.environ.update(
@@ -491,7 +425,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, config: TrainConfig, out:
 
 def test_two_process_ddp_keeps_ranks_identical(dataset: Path, tmp_path: Path) -> None:
     config = tiny_config(dataset, tmp_path, max_steps=3, n_critic=2)
-    mp.spawn(_ddp_worker, args=(2, _free_port(), config, tmp_path), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), config, tmp_path), nprocs=2, join=True)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for module in ("generator", "critic", "ema"):
         for name, tensor in rank0[module].items():
@@ -583,27 +517,6 @@ def test_a_launch_that_disagrees_with_gpus_is_refused(
     ]  # fmt: skip
 
 
-def sample_dataset(root: Path, vocabulary_dir: Path, n_images: int, shard_size: int, size: int) -> Path:
-    """The synthetic sample's scenes and tags, center-cropped and resized to ``size``, in the data contract."""
-    from pipeline.core.vocabulary import encode_tags, load_tag_encoding, tag_text
-    from pipeline.datasets import load_dataset_spec
-    from pipeline.sources.synthetic import sample_image, sample_tags
-
-    spec = load_dataset_spec("sample")
-    spec = replace(spec, n_images=n_images, width=4 * size // 2, height=3 * size // 2)
-    photos = []
-    for image_id in range(n_images):
-        rgb = sample_image(spec, image_id)
-        height, width = rgb.shape[:2]
-        left = (width - height) // 2
-        photos.append(cv2.resize(rgb[:, left : left + height], (size, size), interpolation=cv2.INTER_AREA))
-    rgb = np.stack(photos)
-    texts = [tag_text(sample_tags(spec, image_id)) for image_id in range(n_images)]
-    tokens, _ = encode_tags(texts, load_tag_encoding(vocabulary_dir))
-    grayscale = np.asarray(colorfulness(rgb)) < 2.0
-    return write_dataset(root, rgb_to_lab_u8(rgb), tokens, shard_size, np.ones(n_images, bool), grayscale)
-
-
 @pytest.mark.slow
 def test_tags_carry_the_colour(vocabulary_dir: Path, tmp_path: Path) -> None:
     """Trained briefly on scenes whose colour only the tags name, true tags beat shuffled ones on held-out photos.
@@ -613,24 +526,10 @@ def test_tags_carry_the_colour(vocabulary_dir: Path, tmp_path: Path) -> None:
     this much in so few steps.
     """
     root = sample_dataset(tmp_path / "sample", vocabulary_dir, n_images=768, shard_size=256, size=SIZE)
-    config = TrainConfig(
-        data_root=str(root),
-        run_name="tags",
-        image_size=SIZE,
-        batch_size=16,
-        epochs=1000,
-        max_steps=400,
-        n_critic=1,
-        lr=2e-3,
-        l1_weight=100.0,
-        base_channels=8,
-        depth=3,
-        token_dim=32,
-        pool="attention",
-        log_every=100,
-        ckpt_every=1000,
-        device="cpu",
-    )
+    config = tiny_config(
+        root, run_name="tags", batch_size=16, max_steps=400, n_critic=1, lr=2e-3, depth=3, token_dim=32,
+        log_every=100, ckpt_every=1000,
+    )  # fmt: skip
     result = train(config)
     assert result.metrics["step"] == 400
     colorizer = Colorizer.from_checkpoint(result.checkpoint)
@@ -719,7 +618,7 @@ def test_a_staged_plan_on_the_sample_killed_inside_stage_2_resumes_to_the_uninte
     resumed = train(killed)
     expected, actual = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
     keys = ("generator", "critic", "ema", "opt_g", "opt_d", "rng", "token_index")
-    expected_tensors, actual_tensors = _tensors(expected, keys), _tensors(actual, keys)
+    expected_tensors, actual_tensors = tensors(expected, keys), tensors(actual, keys)
     assert expected_tensors.keys() == actual_tensors.keys()
     for name, tensor in expected_tensors.items():
         assert torch.equal(tensor, actual_tensors[name]), name
@@ -742,8 +641,8 @@ def test_stage_by_stage_is_the_whole_plan_and_a_stage_never_skips_ahead(dataset:
     last = train(staged)
     assert last.step == 9
     expected, actual = load_checkpoint(whole.checkpoint), load_checkpoint(last.checkpoint)
-    for name, tensor in _tensors(expected, ("generator", "critic", "ema", "opt_g", "opt_d")).items():
-        assert torch.equal(tensor, _tensors(actual, ("generator", "critic", "ema", "opt_g", "opt_d"))[name]), name
+    for name, tensor in tensors(expected, ("generator", "critic", "ema", "opt_g", "opt_d")).items():
+        assert torch.equal(tensor, tensors(actual, ("generator", "critic", "ema", "opt_g", "opt_d"))[name]), name
     with pytest.raises(TrainConfigError, match=r"^plan: resuming"):
         train(replace(staged, plan=PLAN | {"stages": 4}))
 
@@ -754,7 +653,7 @@ def test_two_machines_meet_through_c10d_and_end_with_equal_weights(dataset: Path
     config = tiny_config(dataset, tmp_path, max_steps=3, n_critic=2, snapshot_every=0, tensorboard=False)
     preset = tmp_path / "two_nodes.yaml"
     preset.write_text(yaml.safe_dump(config.to_dict()))
-    overrides = ["nnodes=2", f"rdzv_endpoint=127.0.0.1:{_free_port()}", "rdzv_id=two-nodes"]
+    overrides = ["nnodes=2", f"rdzv_endpoint=127.0.0.1:{free_port()}", "rdzv_id=two-nodes"]
     command = [sys.executable, "-m", "model.train", "--config", str(preset), *overrides]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     machines = [

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 def test_without_root_or_sudo_setup_stops_at_once_naming_the_command(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """Snapshot collages and TensorBoard event files written while a run trains, on the tiny dataset of
-``tests.helpers_model`` (shard 0 trained on, shard 1 held out)."""
+``tests.helpers`` (shard 0 trained on, shard 1 held out)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,7 @@ from model.train import TrainResult, train
 from pipeline.core.color import lab_u8_to_rgb
 from pipeline.core.layout import DatasetPaths
 from pipeline.core.render import CollageLayout
-
-pytest_plugins = ["tests.helpers_model"]
+from tests.helpers import tiny_config
 
 SIZE = 32
 COLUMNS = ("grey input", "generated", "original")
@@ -40,28 +39,9 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory, write_dataset: Any) -> D
 
 
 def snapshot_config(paths: DatasetPaths, runs: Path, run_name: str, **changes: Any) -> TrainConfig:
-    """A few steps of small nets at a high learning rate, so that the generated colours move between snapshots."""
-    values: dict[str, Any] = dict(
-        data_root=str(paths.root),
-        runs_dir=str(runs),
-        run_name=run_name,
-        image_size=SIZE,
-        batch_size=4,
-        epochs=100,
-        max_steps=5,
-        lr=5e-3,
-        n_critic=1,
-        base_channels=8,
-        depth=2,
-        token_dim=16,
-        log_every=1,
-        ckpt_every=5,
-        keep_checkpoints=1,
-        snapshot_every=2,
-        device="cpu",
-        prefetch=1,
-    )
-    return TrainConfig(**(values | changes))
+    """A few steps at a high learning rate, so that the generated colours move between snapshots."""
+    snapshots = {"max_steps": 5, "lr": 5e-3, "n_critic": 1, "ckpt_every": 5, "keep_checkpoints": 1, "snapshot_every": 2}
+    return tiny_config(paths.root, runs, run_name=run_name, prefetch=1, **(snapshots | changes))
 
 
 @pytest.fixture(scope="module")

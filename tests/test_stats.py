@@ -21,10 +21,8 @@ from pipeline.stats import (
     histogram_summary,
     shard_channel_histograms,
 )
+from tests.helpers import PNG_MAGIC, assert_report_matches_tables
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SOURCE_LINE = re.compile(r"^Source: `(?P<file>[\w.]+\.parquet)`(?: \(first (?P<shown>\d+) of (?P<rows>[\d,]+) rows\))?")
-PLOT_LINK = re.compile(r"!\[[^\]]*\]\((?P<path>[^)]+\.png)\)")
 REPORT_TABLES = {
     "tokenizers.parquet",
     "shards.parquet",
@@ -41,73 +39,6 @@ TEXTS = {5: "\n", 7: " sea|side"}
 
 def decode(token: int) -> str:
     return TEXTS.get(token, f"t{token}")
-
-
-def _cell_matches(cell: str, expected: object) -> bool:
-    """Read a report cell the way a person would and compare it with the Parquet value."""
-    if isinstance(expected, str):
-        return (json.loads(cell) if cell.startswith('"') else cell) == expected
-    if isinstance(expected, bool | np.bool_):
-        return cell == str(bool(expected)).lower()
-    if isinstance(expected, int | np.integer):
-        return int(cell.replace(",", "")) == int(expected)
-    if math.isnan(float(expected)):
-        return cell == "n/a"
-    number = float(cell.rstrip("%").replace(",", "")) / (100 if cell.endswith("%") else 1)
-    return math.isclose(number, float(expected), rel_tol=1e-3, abs_tol=1e-12)
-
-
-def _report_tables(text: str) -> list[tuple[re.Match[str], list[list[str]]]]:
-    lines = text.splitlines()
-    found = []
-    for i, line in enumerate(lines):
-        source = SOURCE_LINE.match(line)
-        if source is None:
-            continue
-        j = i + 1
-        while j < len(lines) and not lines[j].strip():
-            j += 1
-        rows = []
-        while j < len(lines) and lines[j].startswith("|"):
-            rows.append([cell.strip() for cell in lines[j].strip().strip("|").split("|")])
-            j += 1
-        found.append((source, rows))
-    return found
-
-
-def assert_report_matches_tables(stats_dir: Path) -> set[str]:
-    """Every table in ``data_stats.md`` agrees with its Parquet source; every linked plot is a PNG.
-
-    Returns the Parquet files the report draws on.
-    """
-    text = (stats_dir / "data_stats.md").read_text()
-    checked = set()
-    for source, (header, separator, *rows) in _report_tables(text):
-        frame = pd.read_parquet(stats_dir / source["file"])
-        assert set(separator) == {"---"}, f"{source['file']}: malformed table"
-        if header == ["figure", "value"]:
-            assert len(frame) == 1, f"{source['file']}: a figure table needs a one-row source"
-            assert [name for name, _ in rows] == list(frame.columns), f"{source['file']}: figures differ"
-            for name, cell in rows:
-                expected = frame[name].iloc[0]
-                assert _cell_matches(cell, expected), f"{source['file']} {name}: {cell!r} ≠ {expected!r}"
-        else:
-            assert header == list(frame.columns), f"{source['file']}: columns {header} ≠ {list(frame.columns)}"
-            if source["shown"] is None:
-                assert len(rows) == len(frame), f"{source['file']}: {len(rows)} rows shown of {len(frame)}"
-            else:
-                assert int(source["shown"]) == len(rows) < len(frame)
-                assert int(source["rows"].replace(",", "")) == len(frame)
-            for r, row in enumerate(rows):
-                for name, cell in zip(header, row, strict=True):
-                    expected = frame[name].iloc[r]
-                    assert _cell_matches(cell, expected), f"{source['file']} row {r} {name}: {cell!r} ≠ {expected!r}"
-        checked.add(source["file"])
-    links = [m["path"] for m in PLOT_LINK.finditer(text)]
-    assert links, "the report links no plots"
-    for link in links:
-        assert (stats_dir / link).read_bytes().startswith(PNG_MAGIC), f"{link} is not a PNG"
-    return checked
 
 
 def _image(top: tuple[int, int, int], bottom: tuple[int, int, int]) -> np.ndarray:

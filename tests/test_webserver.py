@@ -3,62 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import requests
-
 from pipeline.datasets import load_dataset_specs
-from tests.conftest import REPO_ROOT
-
-QUERY = """
-{
-  workspaceOrError {
-    ... on Workspace {
-      locationEntries {
-        name
-        locationOrLoadError { __typename ... on PythonError { message } }
-      }
-    }
-  }
-  repositoriesOrError {
-    ... on RepositoryConnection {
-      nodes {
-        assetNodes { assetKey { path } assetChecksOrError { ... on AssetChecks { checks { name } } } }
-        schedules { name cronSchedule }
-      }
-    }
-  }
-}
-"""
+from tests.helpers import REPO_ROOT, free_port, query_when_ready
 
 DATASETS = tuple(load_dataset_specs())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def query_when_ready(url: str, server: subprocess.Popen, timeout_s: float = 180.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert server.poll() is None, f"dagster-webserver exited with {server.returncode}"
-        try:
-            response = requests.post(f"{url}/graphql", json={"query": QUERY}, timeout=10)
-            if response.ok:
-                data = response.json()["data"]
-                entries = data["workspaceOrError"]["locationEntries"]
-                if entries and entries[0]["locationOrLoadError"] is not None:
-                    return data
-        except requests.ConnectionError:
-            pass
-        time.sleep(1.0)
-    raise AssertionError("dagster-webserver did not answer in time")
 
 
 def test_webserver_serves_the_whole_code_location(tmp_path: Path) -> None:
