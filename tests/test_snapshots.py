@@ -165,7 +165,7 @@ def test_tensorboard_is_optional_unless_required(
 ) -> None:
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
-    with pytest.raises(TrainConfigError, match=r"^tensorboard: true, but the tensorboard package is not installed"):
+    with pytest.raises(TrainConfigError, match=r"^tensorboard: .*not installed"):
         validate_train_config(snapshot_config(tiny_data, tmp_path, "required", tensorboard=True))
     with caplog.at_level(logging.INFO, logger="model.reporting"):
         result = train(snapshot_config(tiny_data, tmp_path, "optional", max_steps=1))
