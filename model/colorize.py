@@ -1,6 +1,6 @@
 """Colour your own photos with a trained checkpoint, at their full size.
 
-    python -m model.colorize photo.jpg [more.jpg ...] --checkpoint data/sample/runs/demo/latest.pt \\
+    python -m model.colorize photo.jpg [more.jpg ...] --checkpoint data/sample/runs/sample_demo/latest.pt \\
         --tags "sunset, beach" [--tags "snow" ...] [--out DIR] [--device cpu]
 
 The net sees the photo's lightness at its training size; its a, b are upsampled to the photo's size and

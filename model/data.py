@@ -244,7 +244,8 @@ class HostBatch:
 
 @dataclass
 class Batch:
-    """A batch on the device, scaled to [-1, 1]: ``lightness`` (B, 1, s, s), ``ab`` (B, 2, s, s), tokens (B, 20)."""
+    """A batch on the device, scaled to [-1, 1]: ``lightness`` (B, 1, s, s), ``ab`` (B, 2, s, s), dense tokens
+    (B, width): 20 o200k tokens or 8 words."""
 
     lightness: torch.Tensor
     ab: torch.Tensor
@@ -356,7 +357,8 @@ class BatchLoader:
 
 
 def lab_to_unit(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encoded Lab ``(B, 3, H, W)`` as floats → lightness and ``ab`` in [-1, 1], the scaling of ``model.color``."""
+    """Encoded Lab ``(B, 3, H, W)`` as floats → lightness and ``ab`` in [-1, 1], the scaling of
+    :mod:`pipeline.core.color`."""
     return lab[:, :1] / L_HALF_RANGE - 1.0, (lab[:, 1:] - NEUTRAL_AB) / AB_HALF_RANGE
 
 

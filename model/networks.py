@@ -22,7 +22,7 @@ def widths(base_channels: int, depth: int) -> list[int]:
 
 
 class TagEncoder(nn.Module):
-    """Dense token ids ``(B, 20)`` → one condition vector ``(B, token_dim)``.
+    """Dense token ids ``(B, width)`` (20 o200k tokens or 8 words) → one condition vector ``(B, token_dim)``.
 
     Pads (id 0) are masked out of the pool, so their embedding never matters; a row of pads only (a photo
     without tags) gets a learned "no tags" vector instead. ``pool="attention"`` weighs tokens by a learned
@@ -67,7 +67,7 @@ class FiLM(nn.Module):
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm rather than BatchNorm: no batch statistics, so DDP and eval behave like training."""
+    """GroupNorm rather than BatchNorm: no batch statistics, so several processes and eval behave like training."""
     return nn.GroupNorm(math.gcd(channels, 8), channels)
 
 

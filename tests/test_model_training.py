@@ -26,8 +26,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import model.checkpoint as checkpoint_module
 import model.losses as losses
 import model.train as train_module
-from model.checkpoint import CheckpointError, load_checkpoint
-from model.config import TrainConfig, TrainConfigError, config_from_dict, load_train_config, validate_train_config
+from model.checkpoint import CheckpointError, architecture, load_checkpoint
+from model.config import (
+    TrainConfig,
+    TrainConfigError,
+    config_from_dict,
+    load_train_config,
+    read_train_config,
+    validate_train_config,
+)
 from model.data import (
     BatchLoader,
     HostBatch,
@@ -149,6 +156,16 @@ def test_shipped_train_configs_are_valid(path: Path, dataset: Path) -> None:
     assert config.image_size % 2**config.depth == 0
     if config.device == "cpu":
         assert load_train_config(path, [f"data_root={dataset}"]).shards == [0, 1]
+
+
+SHARING_WEIGHTS = ("mirflickr1m_1gpu", "mirflickr1m_8gpu", "mirflickr1m_seed_plan", "mirflickr25k_1gpu")
+"""The GPU presets whose runs start from each other's weights (``init_from``), as their comments say."""
+
+
+def test_presets_that_share_weights_share_their_architecture() -> None:
+    configs = {name: read_train_config(TRAIN_CONFIGS / f"{name}.yaml") for name in SHARING_WEIGHTS}
+    shapes = {name: architecture(c.to_dict()) | {"tokenizer": c.tokenizer} for name, c in configs.items()}
+    assert len({tuple(sorted(shape.items())) for shape in shapes.values()}) == 1, shapes
 
 
 def test_a_recorded_split_chooses_the_held_out_shard(dataset: Path, tmp_path: Path) -> None:
