@@ -9,7 +9,9 @@ half-restored run behind.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
+import math
 import random
 import shutil
 import warnings
@@ -25,7 +27,7 @@ from model.config import ARCHITECTURE_KEYS, TrainConfig
 from model.data import Position, TokenIndex
 from model.networks import Critic, Generator
 from pipeline.core.files import atomic_path
-from pipeline.core.layout import LATEST_CHECKPOINT, DataError, DatasetPaths, read_run_config
+from pipeline.core.layout import BEST_CHECKPOINT, LATEST_CHECKPOINT, DataError, DatasetPaths, read_run_config
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +64,28 @@ def architecture(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
+class Selection:
+    """Which validated step scored best so far (``best`` of ``select_by`` at ``best_step``), and how many
+    validations in a row have not beaten it since: kept in every checkpoint, so a resumed run chooses ``best.pt``
+    and stops early exactly as an uninterrupted one."""
+
+    best: float | None = None
+    best_step: int | None = None
+    stale: int = 0
+
+    def update(self, value: float, step: int, direction: int) -> bool:
+        """Record the validation of ``step``; whether it is the best so far (``direction`` 1: higher is better)."""
+        better = math.isfinite(value) and (self.best is None or (value - self.best) * direction > 0)
+        if better:
+            self.best, self.best_step, self.stale = value, step, 0
+        else:
+            self.stale += 1
+        return better
+
+
+@dataclass
 class TrainState:
-    """What training changes: networks, optimizers, step and data position."""
+    """What training changes: networks, optimizers, step, data position and the choice of the best step."""
 
     generator: Generator
     critic: Critic
@@ -73,6 +95,7 @@ class TrainState:
     index: TokenIndex
     step: int = 0
     position: Position = field(default_factory=Position)
+    selection: Selection = field(default_factory=Selection)
 
 
 def new_state(config: TrainConfig, index: TokenIndex, device: torch.device) -> TrainState:
@@ -121,6 +144,7 @@ def restore_state(payload: dict[str, Any], config: TrainConfig, device: torch.de
                 group["lr"], group["betas"] = config.lr, (config.betas[0], config.betas[1])
         state.step = payload["step"]
         state.position = Position(payload["epoch"], payload["offset"])
+        state.selection = Selection(**payload.get("selection", {}))  # none in checkpoints from before validation
     return state
 
 
@@ -165,19 +189,22 @@ def checkpoint_payload(state: TrainState, config: TrainConfig, rng: list[dict[st
         "tokenizer": state.index.tokenizer,
         "words": list(state.index.words),
         "config": config.to_dict(),
+        "selection": dataclasses.asdict(state.selection),
     }
 
 
-def save_checkpoint(run_dir: Path, payload: dict[str, Any], keep: int) -> Path:
-    """Write ``ckpt_<step>.pt`` and ``latest.pt`` atomically; keep the newest ``keep`` step files."""
+def save_checkpoint(run_dir: Path, payload: dict[str, Any], keep: int, best: bool = False) -> Path:
+    """Write ``ckpt_<step>.pt`` and ``latest.pt`` atomically, and ``best.pt`` too when ``best``; keep the newest
+    ``keep`` step files."""
     path = run_dir / STEP_NAME.format(step=payload["step"])
     with (
         atomic_path(path, suffix=".pt", writing=f"the checkpoint of step {payload['step']}") as tmp,
         tmp.open("wb") as file,
     ):
         torch.save(payload, file)  # through Python's file: a full disk then says ENOSPC, not "unexpected pos"
-    with atomic_path(run_dir / LATEST_CHECKPOINT, suffix=".pt") as tmp:
-        shutil.copyfile(path, tmp)
+    for name in (LATEST_CHECKPOINT, BEST_CHECKPOINT) if best else (LATEST_CHECKPOINT,):
+        with atomic_path(run_dir / name, suffix=".pt") as tmp:
+            shutil.copyfile(path, tmp)
     for old in sorted(run_dir.glob(STEP_GLOB))[:-keep]:
         old.unlink()
     return path

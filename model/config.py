@@ -29,13 +29,18 @@ ARCHITECTURE_KEYS = ("base_channels", "depth", "token_dim", "pool")
 
 DATA_ORDER_KEYS = ("shards", "holdout_shard", "batch_size", "seed", "skip_grayscale", "plan")
 """Keys that fix which images a step sees: a resumed run continues the same sequence only with the same values
-(a new subset is a new ``run_name`` with ``init_from``, or a stage of a ``plan``)."""
+(a new subset is a new ``run_name`` with ``init_from``, or a stage of a ``plan``). The validation photos, set
+aside from training, are the run's own: a resumed run takes them from its checkpoint."""
 
 POSITIVE_KEYS = (
     "image_size", "batch_size", "epochs", "n_critic", "base_channels", "depth", "token_dim",
     "min_token_count", "log_every", "ckpt_every", "keep_checkpoints", "prefetch", "gpus", "gp_every", "nnodes",
+    "val_every",
 )  # fmt: skip
 
+
+SELECT_BY = {"ab_error": -1, "hue_error": -1, "psnr": 1}
+"""The validation figures ``best.pt`` may be chosen by, and their direction (1: higher is better)."""
 
 DEFAULT_RUN_NAME = "colorizer"
 """The run name when neither a preset nor an override names one."""
@@ -122,6 +127,22 @@ class TrainConfig:
     tensorboard: bool | None = None
     """TensorBoard event files in ``runs/<run_name>/tensorboard/``: the logged metrics and the snapshots.
     None: when the ``tensorboard`` package is installed; true: required; false: none."""
+    val_size: int = 1000
+    """Validation photos: a seeded, fixed set of the training shards' valid colour photos, never trained on, scored
+    every ``val_every`` steps to choose ``best.pt``: at most this many, and at most a tenth of the training photos
+    (:meth:`pipeline.core.layout.DatasetLayout.validation_ids`); 0: no validation. The held-out shard stays the
+    test set and chooses nothing."""
+    val_every: int = 500
+    """Steps between validations, and one at the last step."""
+    val_ids: list[int] | None = None
+    """The validation photos' image ids, drawn from ``val_size`` and recorded in ``config.yaml``; None: none
+    (runs from before validation existed resume with it off)."""
+    select_by: str = "ab_error"
+    """The validation figure ``best.pt`` is chosen by, with true tags: ``ab_error`` or ``hue_error`` (lower is
+    better) or ``psnr`` (higher is better)."""
+    patience: int | None = None
+    """Early stopping: end the run after this many validations in a row without a better ``select_by``; None:
+    train to the end."""
     seed: int = 0
     device: str = "auto"
     compile: bool = False
@@ -193,6 +214,9 @@ def _check_values(config: TrainConfig) -> None:
             f"must be one of the plan's stages 1 … {config.plan.stages}, got {config.stage}",
         )
     _require(config.max_seconds is None or config.max_seconds > 0, "max_seconds", "must be positive or null")
+    _require(config.val_size >= 0, "val_size", f"must not be negative, got {config.val_size}")
+    _require(config.select_by in SELECT_BY, "select_by", f"one of {sorted(SELECT_BY)}, not {config.select_by!r}")
+    _require(config.patience is None or config.patience > 0, "patience", "must be positive or null")
     _require(config.pool in ("mean", "attention"), "pool", f"must be 'mean' or 'attention', got {config.pool!r}")
     _require(config.tokenizer in TOKENIZERS, "tokenizer", f"must be one of {TOKENIZERS}, got {config.tokenizer!r}")
     _require(config.device in ("auto", "cpu", "cuda"), "device", f"must be auto, cpu or cuda, not {config.device!r}")
@@ -268,6 +292,13 @@ def validate_train_config(config: TrainConfig) -> TrainConfig:
             open_shard(layout.paths, shard)  # whole, before any work starts
         except DataError as error:
             raise TrainConfigError(f"shards: {error}") from error
+    val_ids = config.val_ids
+    if val_ids is None and config.val_size > 0:
+        val_ids = layout.validation_ids(shards, config.val_size, config.seed)
+    if val_ids is not None:
+        training = {image for shard in shards for image in layout.shard_ids(shard)}
+        outside = sorted(set(val_ids) - training)
+        _require(not outside, "val_ids", f"{outside[:5]} are not photos of the training shards {shards}")
     if config.init_from is not None:
         _require(Path(config.init_from).is_file(), "init_from", f"{config.init_from} does not exist")
     return dataclasses.replace(
@@ -276,6 +307,7 @@ def validate_train_config(config: TrainConfig) -> TrainConfig:
         holdout_shard=holdout,
         shards=sorted(set(shards)),
         plan=plan,
+        val_ids=val_ids or None,
     )
 
 

@@ -18,19 +18,22 @@ PANELS = (
     ("l1", "L1 (ab, [-1, 1] units)", True),
     ("generator_loss", "generator loss", False),
     ("images_per_s", "images / s", False),
+    ("val_ab_error", "validation ab error (lower: better)", False),
+    ("val_psnr", "validation PSNR, dB (higher: better)", False),
 )
 """Column, title, and whether the values span decades (log scale)."""
 
 
 def plot_curves(metrics: pd.DataFrame, path: Path) -> Path:
     """One panel per logged value against the step, all on one step axis; a value a phase does not log (the
-    critic's during the L1 warm-up) is absent there, and a dashed line marks where the critic joins. Written
-    atomically to ``path``."""
-    figure = Figure(figsize=(12, 6), layout="constrained")
+    critic's during the L1 warm-up) is absent there, and a dashed line marks where the critic joins; validation
+    figures, logged every ``val_every`` steps, are drawn as points joined by lines. Written atomically to
+    ``path``."""
+    figure = Figure(figsize=(16, 6), layout="constrained")
     steps = metrics["step"].to_numpy()
     critic = metrics["critic_loss"].notna().to_numpy() if "critic_loss" in metrics else np.zeros(len(steps), bool)
     joins = steps[critic][0] if critic.any() and not critic[0] else None
-    for axis, (column, title, log) in zip(figure.subplots(2, 3, sharex=True).flat, PANELS, strict=True):
+    for axis, (column, title, log) in zip(figure.subplots(2, 4, sharex=True).flat, PANELS, strict=True):
         if joins is not None:
             axis.axvline(joins, color="grey", linestyle="--", linewidth=1, label="critic joins")
         axis.set_title(title)
@@ -40,7 +43,7 @@ def plot_curves(metrics: pd.DataFrame, path: Path) -> Path:
         if not shown.any():
             axis.text(0.5, 0.5, "not logged", ha="center", va="center", transform=axis.transAxes)
             continue
-        axis.plot(steps[shown], values[shown], linewidth=1.2)
+        axis.plot(steps[shown], values[shown], linewidth=1.2, marker="o" if column.startswith("val_") else None)
         if log:
             axis.set_yscale("log")
         axis.grid(alpha=0.3)

@@ -145,18 +145,24 @@ def training_tokens(layout: DatasetLayout, holdout_shard: int, tokenizer: str = 
 
 
 class TrainingSet:
-    """The eligible photos of the chosen shards: valid, and in colour when ``skip_grayscale``.
+    """The eligible photos of the chosen shards: valid, in colour when ``skip_grayscale``, and not in ``exclude``
+    (the run's validation photos).
 
     Nothing is loaded: :meth:`gather` reads the rows a batch needs from the shard files, and tokens stay
     memory-mapped. The shards' memory maps only describe the files (shape, where the rows start).
     """
 
     def __init__(
-        self, layout: DatasetLayout, shards: Sequence[int], skip_grayscale: bool, tokenizer: str = "o200k"
+        self,
+        layout: DatasetLayout,
+        shards: Sequence[int],
+        skip_grayscale: bool,
+        tokenizer: str = "o200k",
+        exclude: Sequence[int] = (),
     ) -> None:
         columns = ["image_id", "shard", "row", "valid", "is_grayscale"]
         table = read_images_table(layout.paths, columns, shards)
-        keep = table["valid"].to_numpy(bool, copy=True)
+        keep = table["valid"].to_numpy(bool, copy=True) & ~table["image_id"].isin(list(exclude)).to_numpy()
         if skip_grayscale:
             keep &= ~table["is_grayscale"].to_numpy(bool)
         self.shard = table["shard"].to_numpy(np.int64)[keep]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,14 +98,20 @@ def gather_rng_states(ddp: Distributed) -> list[dict[str, Any]]:
     return states
 
 
+def rank0_flags(flags: Sequence[bool], ddp: Distributed, device: torch.device) -> list[bool]:
+    """Rank 0's ``flags`` on every rank: decisions every rank must take alike (to stop, to checkpoint)."""
+    if not ddp.enabled:
+        return list(flags)
+    values = torch.tensor([float(flag) for flag in flags], device=device)
+    dist.broadcast(values, src=0)
+    return [bool(value) for value in values.tolist()]
+
+
 def time_is_up(max_seconds: float | None, started: float, ddp: Distributed, device: torch.device) -> bool:
     """Whether the time budget is spent, as rank 0's clock says, so that every rank stops at the same step."""
     if max_seconds is None:
         return False
-    spent = torch.tensor([float(time.perf_counter() - started >= max_seconds)], device=device)
-    if ddp.enabled:
-        dist.broadcast(spent, src=0)
-    return bool(spent.item())
+    return rank0_flags([time.perf_counter() - started >= max_seconds], ddp, device)[0]
 
 
 def mean_over_ranks(stats: dict[str, torch.Tensor], ddp: Distributed) -> dict[str, float]:

@@ -21,8 +21,11 @@ own index. The selection depends only on the seed, so runs compare.
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +54,10 @@ from model.photo_sets import (
 )
 from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb
 from pipeline.core.config import ConfigError
-from pipeline.core.files import atomic_write_text
+from pipeline.core.files import atomic_write_text, reports_disk_full
 from pipeline.core.layout import (
+    BEST_CHECKPOINT,
+    EVALUATIONS,
     LATEST_CHECKPOINT,
     RUN_CONFIG,
     DataError,
@@ -61,7 +66,7 @@ from pipeline.core.layout import (
     read_layout,
     read_run_config,
 )
-from pipeline.core.render import Markdown, preview_markdown
+from pipeline.core.render import Markdown, markdown_table, preview_markdown
 from pipeline.core.vocabulary import parse_tags
 
 CONDITIONS = ("tags", "pad", "shuffled")
@@ -78,9 +83,55 @@ DEFAULT_STEERING = ("sunset", "snow", "forest", "sea")
 """Alternative tag sets of the steering collage where the dataset names none."""
 
 
+GREY_PSNR_MARGIN = 0.5
+"""dB of PSNR below the grey baseline's that ``beats_grey`` lets pass (rounding and the odd photo)."""
+HISTORY_ROWS = 10
+"""Scorings of the run the evaluation preview lists, the newest last."""
+HISTORY_FIGURES = ("ab_error/tags", "psnr/tags", "hue_error/tags", "delta_cf/tags", "grey_gain", "tag_gain")
+
+
+def grey_problems(figures: dict[str, Any]) -> str:
+    """The ``beats_grey`` check: '' when, with their true tags, the photos come out no worse than left grey (ab
+    error not above grey's, PSNR no more than :data:`GREY_PSNR_MARGIN` below it); else what is worse, in figures."""
+    problems = []
+    if figures["ab_error/tags"] > figures["ab_error/grey"]:
+        problems.append(f"ab error {figures['ab_error/tags']:.2f} is above grey's {figures['ab_error/grey']:.2f}")
+    if figures["psnr/tags"] < figures["psnr/grey"] - GREY_PSNR_MARGIN:
+        problems.append(
+            f"PSNR {figures['psnr/tags']:.2f} dB is more than {GREY_PSNR_MARGIN} dB below grey's"
+            f" {figures['psnr/grey']:.2f} dB"
+        )
+    return "; ".join(problems)
+
+
+def read_history(run_dir: Path, rows: int = HISTORY_ROWS) -> pd.DataFrame:
+    """The run's last ``rows`` scorings (``evaluations.jsonl``): when, which checkpoint and step, on what, and the
+    headline figures; a line a killed writer left half written is passed over."""
+    path = run_dir / EVALUATIONS
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else ():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    table = [
+        {
+            "time": record.get("time", ""),
+            "checkpoint": Path(str(record.get("checkpoint", ""))).name,
+            "step": record.get("step"),
+            "evaluated_on": record.get("evaluated_on", ""),
+            **{name: record.get("figures", {}).get(name) for name in HISTORY_FIGURES},
+        }
+        for record in records[-rows:]
+    ]
+    return pd.DataFrame(table)
+
+
 @dataclass(frozen=True)
 class EvaluationResult:
-    """``metrics`` as written to ``metrics.json``; ``figures`` flat (``ab_error/tags``, …) for asset metadata."""
+    """``metrics`` as written to ``metrics.json``; ``figures`` flat (``ab_error/tags``, …) for asset metadata;
+    ``beats_grey`` the check's problems ('' when the photos come out no worse than grey); ``history`` the run's
+    last scorings."""
 
     metrics: dict[str, Any]
     figures: dict[str, float | int | str]
@@ -88,10 +139,24 @@ class EvaluationResult:
     collage_path: Path
     best_collage_path: Path
     steering_collage_path: Path
+    beats_grey: str
+    history: pd.DataFrame
 
     @property
     def metadata(self) -> dict[str, object]:
-        """The three collages inline (the UI's preview), the headline figures, then the files."""
+        """The verdict on grey, what was scored with which checkpoint, the run's history and the three collages
+        inline (the UI's preview), the headline figures, then the files."""
+        verdict = (
+            f"**Worse than leaving the photos grey**: {self.beats_grey}."
+            if self.beats_grey
+            else f"Better than grey: ab error {self.figures['ab_error/tags']:.2f} against"
+            f" {self.figures['ab_error/grey']:.2f}, PSNR {self.figures['psnr/tags']:.2f} against"
+            f" {self.figures['psnr/grey']:.2f} dB."
+        )
+        checkpoint = Path(self.metrics["checkpoint"])
+        step = self.metrics["step"]
+        where = f"{self.metrics['evaluated_on']}; run {checkpoint.parent.name}, {checkpoint.name} (step {step})"
+        history = f"Scorings of this run, the newest last:\n\n{markdown_table(self.history)}"
         previews = "\n\n".join(
             preview_markdown(path, title)
             for path, title in (
@@ -100,10 +165,11 @@ class EvaluationResult:
                 (self.best_collage_path, "best photos"),
             )
         )
-        where = f"{self.metrics['evaluated_on']}, run {Path(self.metrics['checkpoint']).parent.name}"
         return {
-            "preview": Markdown(f"{where}\n\n{previews}"),
+            "preview": Markdown(f"{verdict}\n\n{where}\n\n{history}\n\n{previews}"),
             **self.figures,
+            "checkpoint": checkpoint,
+            "checkpoint_step": self.metrics["step"],
             "collage": self.collage_path,
             "steering_collage": self.steering_collage_path,
             "best_collage": self.best_collage_path,
@@ -298,6 +364,7 @@ def score(
 def metrics_record(
     eval_set: EvaluationSet,
     checkpoint: Path,
+    step: int | None,
     scores: Scores,
     train_mean: tuple[np.ndarray, dict[str, Any]] | str,
     seed: int,
@@ -305,6 +372,7 @@ def metrics_record(
     """``metrics.json``: what was scored, how, and every summary."""
     return {
         "checkpoint": str(checkpoint),
+        "step": step,
         "evaluated_on": eval_set.description,
         "protocol": eval_set.protocol,
         **{key: eval_set.protocol[key] for key in ("holdout_shard",) if key in eval_set.protocol},
@@ -325,6 +393,35 @@ def figures(eval_set: EvaluationSet, scores: Scores) -> dict[str, float | int | 
     for name, summary in scores.summaries.items():
         out |= {f"{key}/{name}": value for key, value in summary.items() if key != "n_images"}
     return out | {f"{metric}_status": status for metric, status in scores.learned_status.items()}
+
+
+def append_evaluation(checkpoint: Path, metrics: dict[str, Any], reported: dict[str, Any]) -> Path:
+    """One line in the scored run's ``evaluations.jsonl`` (as stylegan2-ada's ``metric-*.jsonl``), whatever
+    dataset it was scored on: when, the checkpoint (path, step, SHA-256), on what and how, and every figure.
+    Appended, never rewritten: the run's whole history of scorings stays."""
+    path = checkpoint.parent / EVALUATIONS
+    record = {
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "checkpoint": str(checkpoint),
+        "step": metrics["step"],
+        "sha256": file_sha256(checkpoint),
+        **{key: metrics[key] for key in ("evaluated_on", "protocol", "seed", "n_images")},
+        "figures": reported,
+    }
+    line = json.dumps(_finite_or_none(record), allow_nan=False) + "\n"
+    with reports_disk_full(path, "the run's evaluation history"), path.open("a", encoding="utf-8") as file:
+        file.write(line)
+        file.flush()
+        os.fsync(file.fileno())
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def evaluate(
@@ -357,16 +454,20 @@ def evaluate(
         raise DataError(f"{eval_set.description}: at least 2 photos are needed (tags are shuffled among them)")
     colorizer = Colorizer.from_checkpoint(checkpoint, device=device)
     scores = score(eval_set, colorizer, train_mean=train_mean, seed=seed, batch_size=batch_size, device=device)
-    metrics = metrics_record(eval_set, checkpoint, scores, train_mean, seed)
+    metrics = metrics_record(eval_set, checkpoint, colorizer.step, scores, train_mean, seed)
     metrics_path = out_dir / METRICS_NAME
     atomic_write_text(metrics_path, json.dumps(_finite_or_none(metrics), indent=2, allow_nan=False) + "\n")
+    reported = figures(eval_set, scores)
+    append_evaluation(checkpoint, metrics, reported)
 
     tokens = scores.true_tokens
     first = np.arange(min(collage_rows, len(eval_set)))
     best = np.sort(np.argsort(scores.per_image["tags"].ab_error, kind="stable")[: len(first)])
     return EvaluationResult(
         metrics=metrics,
-        figures=figures(eval_set, scores),
+        figures=reported,
+        beats_grey=grey_problems(reported),
+        history=read_history(checkpoint.parent),
         metrics_path=metrics_path,
         collage_path=coloured_collage(eval_set, first, [tokens[first]], colorizer, out_dir / COLLAGE_NAME),
         best_collage_path=coloured_collage(eval_set, best, [tokens[best]], colorizer, out_dir / BEST_COLLAGE_NAME),
@@ -377,10 +478,12 @@ def evaluate(
 
 
 def run_checkpoint(run_dir: Path) -> Path:
-    checkpoint = run_dir / LATEST_CHECKPOINT
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"no checkpoint at {checkpoint}: train the run first")
-    return checkpoint
+    """The checkpoint a run is scored by: ``best.pt`` (the validation's choice) where the run has one, else
+    ``latest.pt``."""
+    for name in (BEST_CHECKPOINT, LATEST_CHECKPOINT):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise FileNotFoundError(f"no checkpoint at {run_dir / LATEST_CHECKPOINT}: train the run first")
 
 
 def evaluate_run(

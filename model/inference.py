@@ -23,11 +23,15 @@ def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 class Colorizer:
     """Predicts encoded a, b for encoded L and raw tag tokens, at any input size."""
 
-    def __init__(self, generator: Generator, index: TokenIndex, image_size: int, device: torch.device) -> None:
+    def __init__(
+        self, generator: Generator, index: TokenIndex, image_size: int, device: torch.device, step: int | None = None
+    ) -> None:
         self.generator = generator.eval().requires_grad_(False).to(device)
         self.index = index
         self.image_size = image_size
         self.device = device
+        self.step = step
+        """The training step of the checkpoint the weights come from, where they come from one."""
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: str = "cpu") -> Colorizer:
@@ -39,7 +43,7 @@ class Colorizer:
             generator.load_state_dict(payload["ema"])
         except RuntimeError as error:
             raise CheckpointError(f"{path}: the EMA weights do not fit the saved config: {error}") from error
-        return cls(generator, index, int(payload["config"]["image_size"]), torch.device(device))
+        return cls(generator, index, int(payload["config"]["image_size"]), torch.device(device), payload["step"])
 
     @torch.no_grad()
     def predict_ab(self, l_u8: np.ndarray, tokens: np.ndarray) -> np.ndarray:

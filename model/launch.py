@@ -23,6 +23,7 @@ from model.distributed import distributed_from_env
 from model.reporting import METRICS, format_row
 from model.snapshots import latest_snapshot
 from pipeline.core.errors import USER_ERRORS as DATA_USER_ERRORS
+from pipeline.core.layout import BEST_CHECKPOINT
 from pipeline.core.render import preview_markdown
 
 if TYPE_CHECKING:
@@ -36,10 +37,20 @@ FAILURE_EXTRA = "failure_file"
 
 
 def summary(result: TrainResult) -> dict[str, Any]:
-    """What a finished run reports: steps, checkpoint, run directory and the last metrics."""
+    """What a finished run reports: steps, the checkpoint (``latest.pt``) and the validation's choice (``best.pt``,
+    its step and figure), the run directory and the last metrics."""
+    selection = result.state.selection
+    best = {}
+    if result.select_by and selection.best_step is not None:
+        best = {
+            "best_checkpoint": str(result.run_dir / BEST_CHECKPOINT),
+            "best_step": selection.best_step,
+            f"best_val_{result.select_by}": selection.best,
+        }
     return {
         "steps": result.step,
         "checkpoint": str(result.checkpoint),
+        **best,
         "run_dir": str(result.run_dir),
         **({"plan_progress": result.plan_progress} if result.plan_progress else {}),
         **{key: value for key, value in result.metrics.items() if key != "step"},

@@ -14,6 +14,7 @@ Dagster Pipes or a shell).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -42,6 +43,7 @@ from model.checkpoint import (
 )
 from model.config import (
     DATA_ORDER_KEYS,
+    SELECT_BY,
     TrainConfig,
     TrainConfigError,
     validate_train_config,
@@ -65,12 +67,14 @@ from model.distributed import (
     distributed_from_env,
     gather_rng_states,
     mean_over_ranks,
+    rank0_flags,
     time_is_up,
 )
 from model.losses import LossWeights, critic_loss, generator_loss
 from model.plan import PlanError, Stage, TrainingPlan, plan_stages, stage_at
 from model.reporting import METRICS, TensorBoard, read_metrics, write_metrics, write_plan_progress
 from model.snapshots import SnapshotWriter, snapshot_photos
+from model.validation import Validation
 from pipeline.core.files import atomic_write_text
 from pipeline.core.layout import LATEST_CHECKPOINT, RUN_CONFIG, DatasetLayout, read_layout
 
@@ -95,7 +99,7 @@ def training_stages(
     plan = config.plan or TrainingPlan(subsets=[config.shards], stages=1, epochs_per_stage=config.epochs)
     subsets = plan.subsets
     datasets = {
-        number: TrainingSet(layout, subset, config.skip_grayscale, config.tokenizer)
+        number: TrainingSet(layout, subset, config.skip_grayscale, config.tokenizer, exclude=config.val_ids or ())
         for number, subset in enumerate(subsets, start=1)
     }
     batches = [
@@ -170,15 +174,18 @@ class TrainResult:
     state: TrainState
     plan_progress: str | None = None
     """With a plan: where the run stands in it, e.g. ``stage 2 of 6 (subset 2), done``."""
+    select_by: str = ""
+    """The validation figure ``best.pt`` was chosen by (``state.selection`` holds its best value and step)."""
 
 
 def _initial_state(
     config: TrainConfig, ddp: Distributed, device: torch.device
-) -> tuple[TrainState, list[dict[str, Any]] | None]:
+) -> tuple[TrainState, list[dict[str, Any]] | None, TrainConfig]:
     """A fresh state, one initialised from ``init_from``, or one resumed from ``latest.pt`` (or, where that is
     damaged, the run's newest readable ``ckpt_<step>.pt``: :func:`model.checkpoint.load_resumable`).
 
-    Returns the resumed checkpoint's RNG states too (None unless resumed).
+    Returns the resumed checkpoint's RNG states too (None unless resumed), and the config as the run goes on
+    (a resumed run keeps its validation photos: :func:`kept_validation`).
     """
     if has_checkpoint(config.run_dir) and not config.resume:
         raise TrainConfigError(f"resume: {config.run_dir} holds a checkpoint; set resume=true or choose a new run_name")
@@ -187,18 +194,50 @@ def _initial_state(
         payload, source = load_resumable(config.run_dir)
         check_architecture(config, payload, source)
         check_data_order(config, payload["config"], source)
-        return restore_state(payload, config, device, resume=True), payload["rng"]
+        return restore_state(payload, config, device, resume=True), payload["rng"], kept_validation(config, payload)
     if config.init_from is not None:
         payload = load_checkpoint(Path(config.init_from))
         check_architecture(config, payload, Path(config.init_from))
-        return restore_state(payload, config, device, resume=False), None
+        return restore_state(payload, config, device, resume=False), None, config
     if config.resume:
         logger.info("resume: no checkpoint in %s yet, starting fresh", config.run_dir)
     layout = read_layout(Path(config.data_root), config.shards)
     tokens = training_tokens(layout, config.holdout_shard, config.tokenizer)
     words = dataset_words(layout.paths, config.tokenizer)
     index = TokenIndex.build(tokens, config.min_token_count, config.tokenizer, words)
-    return new_state(config, index, device), None
+    return new_state(config, index, device), None, config
+
+
+def kept_validation(config: TrainConfig, payload: dict[str, Any]) -> TrainConfig:
+    """A resumed run keeps the validation photos it started with, so it trains on the same photos: none for a run
+    from before validation existed (whose checkpoint records none), whatever ``val_size`` says now."""
+    saved = payload["config"]
+    kept = dataclasses.replace(config, val_size=saved.get("val_size", 0), val_ids=saved.get("val_ids"))
+    if kept.val_ids != config.val_ids:
+        logger.info("resume: validation on the %d photo(s) the run started with", len(kept.val_ids or ()))
+    return kept
+
+
+def validate(
+    validation: Validation | None, state: TrainState, config: TrainConfig, ddp: Distributed, device: torch.device
+) -> tuple[dict[str, float], bool, bool]:
+    """Rank 0 scores the EMA generator on the validation photos and updates the choice of the best step; every
+    rank learns whether this step is the best so far (then checkpointed as ``best.pt``) and whether to stop early.
+    """
+    scores: dict[str, float] = {}
+    improved = stop = False
+    if validation is not None:
+        scores = validation.score(state.ema, state.index, config.image_size, device)
+        chosen = scores[f"val_{config.select_by}"]
+        improved = state.selection.update(chosen, state.step, SELECT_BY[config.select_by])
+        stop = config.patience is not None and state.selection.stale >= config.patience
+        if stop:
+            logger.info(
+                "early stop at step %d: %d validations without a better %s than %.4g at step %d",
+                state.step, state.selection.stale, config.select_by, state.selection.best, state.selection.best_step,
+            )  # fmt: skip
+    improved, stop = rank0_flags([improved, stop], ddp, device)
+    return scores, improved, stop
 
 
 def train(config: TrainConfig, report: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
@@ -239,7 +278,7 @@ def _train(
     report: Callable[[dict[str, Any]], None] | None,
 ) -> TrainResult:
     run_dir = config.run_dir
-    state, resumed_rng = _initial_state(config, ddp, device)
+    state, resumed_rng, config = _initial_state(config, ddp, device)
     if ddp.enabled:
         for module in (state.generator, state.critic, state.ema):
             broadcast_parameters(module)
@@ -277,6 +316,9 @@ def _train(
             prefetch=config.prefetch,
         )
 
+    validation = None
+    if ddp.is_main and config.val_ids:
+        validation = Validation(layout, config.val_ids, config.tokenizer, state.index)
     snapshots = None
     if ddp.is_main and config.snapshot_every > 0:
         photos = snapshot_photos(layout.paths, config.holdout_shard, config.shards, config.tokenizer)
@@ -293,8 +335,8 @@ def _train(
         last_gp: dict[str, torch.Tensor] = {}
         stage, loader = None, None
 
-        out_of_time = False
-        while state.step < steps and not out_of_time:
+        out_of_time = stopped = False
+        while state.step < steps and not (out_of_time or stopped):
             if stage is None or state.step >= stage.end_step:
                 open_loaders.close()  # the previous stage's reader thread, if any
                 stage = stage_at(stages, state.step)
@@ -331,13 +373,19 @@ def _train(
             out_of_time = time_is_up(config.max_seconds, started, ddp, device)
             last = state.step == steps or out_of_time
             stage_ends = state.step == stage.end_step  # checkpointed, so the next stage starts from its weights
-            if state.step % config.log_every == 0 or last or stage_ends:
+            validated, best = {}, False
+            if config.val_ids and (state.step % config.val_every == 0 or last):
+                validated, best, stopped = validate(validation, state, config, ddp, device)
+                last = last or stopped
+                last_log += validated.get("val_s", 0.0)  # images_per_s counts training time only
+            if state.step % config.log_every == 0 or last or stage_ends or validated:
                 now = time.perf_counter()
                 row = {
                     "step": state.step,
                     **({"stage": stage.number, "subset": stage.subset} if config.plan is not None else {}),
                     "epoch": state.position.epoch + state.position.offset / samples_per_epoch,
                     **mean_over_ranks(stats_d | stats_g, ddp),
+                    **validated,
                     "images_per_s": images_since_log / (now - last_log),
                     "elapsed_s": now - started,
                     **({"gpu_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30} if on_cuda else {}),
@@ -349,10 +397,11 @@ def _train(
                     board.scalars(row)
                     if report is not None:
                         report(row)
-            if state.step % config.ckpt_every == 0 or last or stage_ends:
+            if state.step % config.ckpt_every == 0 or last or stage_ends or best:
                 rng = gather_rng_states(ddp)
                 if ddp.is_main:
-                    save_checkpoint(run_dir, checkpoint_payload(state, config, rng), config.keep_checkpoints)
+                    payload = checkpoint_payload(state, config, rng)
+                    save_checkpoint(run_dir, payload, config.keep_checkpoints, best=best)
                     if config.plan is not None:
                         write_plan_progress(run_dir, stages, state.step)
             if snapshots is not None and (state.step % config.snapshot_every == 0 or last):
@@ -375,6 +424,7 @@ def _train(
         metrics=rows[-1] if rows else {},
         state=state,
         plan_progress=progress,
+        select_by=config.select_by if config.val_ids else "",
     )
 
 

@@ -60,6 +60,7 @@ def tiny_config(data_root: Path, runs_dir: Path | None = None, **changes: Any) -
         log_every=1,
         ckpt_every=2,
         keep_checkpoints=2,
+        val_size=0,  # the tiny datasets' step counts are the tests' own; tests of validation turn it on
         device="cpu",
     )
     return TrainConfig(**(values | changes))

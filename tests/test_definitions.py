@@ -60,7 +60,7 @@ def test_partitions_and_mappings(defs: dg.Definitions) -> None:
 def test_checks_schedules_and_automation(defs: dg.Definitions) -> None:
     graph = defs.resolve_asset_graph()
     check_names = {key.name for key in graph.asset_check_keys}
-    assert check_names == {"shard_contract", "tokens_in_range", "tokens_align_with_images"}
+    assert check_names == {"shard_contract", "tokens_in_range", "tokens_align_with_images", "beats_grey"}
     schedules = {s.name: s for s in defs.schedules}
     assert set(schedules) == {f"{d}_{s}" for d in DATASETS for s in ("weekly_training", "stats_refresh")}
     assert schedules["sample_weekly_training"].cron_schedule == "0 3 * * 1"

@@ -510,7 +510,7 @@ def test_cli_reports_through_dagster_pipes(dataset: Path, tmp_path: Path, gpus: 
     assert (saved["step"], len(saved["rng"])) == (2, gpus), "one RNG state per rank"
     assert metadata["curves"]["type"] == metadata["metrics_parquet"]["type"] == "path"
     with Image.open(metadata["curves"]["raw_value"]) as curves:
-        assert curves.format == "PNG" and curves.size == (1200, 600)
+        assert curves.format == "PNG" and curves.size == (1600, 600)
     assert metadata["preview"]["type"] == "md" and "](data:image/jpeg;base64," in metadata["preview"]["raw_value"]
     run_dir = tmp_path / "runs" / "pipes"
     assert metadata["snapshot"] == {"raw_value": str(run_dir / "snapshot_latest.png"), "type": "path"}

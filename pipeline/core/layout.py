@@ -33,8 +33,18 @@ class DataError(ValueError):
     """The dataset on disk does not hold what a reader needs; the message says which step to run."""
 
 
+VALIDATION_SHARE = 0.1
+"""At most this share of a run's training photos is set aside for validation."""
+VALIDATION_STREAM = 0x7A11
+"""Seeds the validation draw apart from every other use of a run's seed."""
+
 LATEST_CHECKPOINT = "latest.pt"
-"""``runs/<run_name>/latest.pt``: a run's newest checkpoint, the one it resumes from and is scored by."""
+"""``runs/<run_name>/latest.pt``: a run's newest checkpoint, the one it resumes from."""
+BEST_CHECKPOINT = "best.pt"
+"""``runs/<run_name>/best.pt``: the checkpoint of the step that scored best on the validation photos, scored by
+evaluation and used by colorize where it exists."""
+EVALUATIONS = "evaluations.jsonl"
+"""``runs/<run_name>/evaluations.jsonl``: one line per scoring of the run, whatever dataset it was scored on."""
 RUN_CONFIG = "config.yaml"
 """``runs/<run_name>/config.yaml``: the settings a run was trained with, every default resolved."""
 
@@ -70,6 +80,7 @@ class DatasetPaths:
     words = _below_root("words.json", "The word vocabulary: a JSON list, the word of id ``k`` at index ``k``.")
     split = _below_root("split.json", "The sharding and held-out shard a growing dataset fixed when first obtained.")
     checks = _below_root("checks", "The last verdict of each data check, ``<check>[.<partition>].json``.")
+    manifest = _below_root("raw/manifest.parquet", "A folder dataset's photos: id, relative path, size, SHA-1.")
 
     def archive(self, archive: str) -> Path:
         """A published zip archive, kept under ``raw/`` exactly as published."""
@@ -142,6 +153,26 @@ class DatasetLayout(Sharding):
     def holdout_shard(self) -> int:
         """The shard kept for evaluation: the recorded one, else the last shard."""
         return self.n_shards - 1 if self.recorded_holdout is None else self.recorded_holdout
+
+    def validation_ids(self, shards: Sequence[int], size: int, seed: int) -> list[int]:
+        """The validation photos of a run over the training ``shards`` (the caller leaves out the held-out test
+        shard): ``size`` at most, and at most :data:`VALIDATION_SHARE` of the shards' valid colour photos, drawn
+        with ``seed``; ascending ids.
+
+        A folder's photo whose content is also another training photo's (the manifest's SHA-1) is never drawn:
+        it would be validated on what it trained on.
+        """
+        images = read_images_table(self.paths, ["valid", "is_grayscale"], shards)
+        eligible = images[images["valid"] & ~images["is_grayscale"]]["image_id"].to_numpy()
+        if self.paths.manifest.is_file():
+            remedy = f"restore it, or {self.paths.remedy('archives', 'folder')}"
+            manifest = read_table(self.paths.manifest, remedy, ["image_id", "sha1"])
+            training = manifest[manifest["image_id"].isin(images["image_id"])]
+            copies = training[training["sha1"].duplicated(keep=False)]["image_id"]
+            eligible = eligible[~np.isin(eligible, copies.to_numpy())]
+        count = min(size, int(len(eligible) * VALIDATION_SHARE))
+        rng = np.random.default_rng([seed, VALIDATION_STREAM])
+        return sorted(int(i) for i in rng.choice(eligible, size=count, replace=False))
 
 
 @dataclass(frozen=True)

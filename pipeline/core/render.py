@@ -9,12 +9,15 @@ from __future__ import annotations
 import base64
 import bisect
 import io
+import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
@@ -164,3 +167,38 @@ def render_collage(
     with atomic_path(path, suffix=".png") as tmp:
         canvas.save(tmp, format="PNG")
     return path
+
+
+_QUOTE_TRIGGERS = ('"', "|", "\\", "\n", "\r", "\t", "`")
+
+
+def format_cell(value: object, column: str = "") -> str:
+    """One Markdown cell: integers exact with separators, floats to 4 significant digits, shares in %.
+
+    Strings that a table or a reader would mangle (pipes, quotes, edge whitespace, control characters,
+    the empty string) are written as JSON strings, with ``|`` as ``\\u007c`` so no escape is Markdown's.
+    """
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value)).lower()
+    if isinstance(value, int | np.integer):
+        return f"{int(value):,}"
+    if isinstance(value, float | np.floating):
+        if math.isnan(value):
+            return "n/a"
+        if column.startswith("share"):
+            return f"{float(value) * 100:,.4g}%"
+        return f"{float(value):,.4g}"
+    text = str(value)
+    if text == "" or text != text.strip() or any(c in text for c in _QUOTE_TRIGGERS):
+        return json.dumps(text, ensure_ascii=False).replace("|", "\\u007c")
+    return text
+
+
+def markdown_table(frame: pd.DataFrame, max_rows: int | None = None) -> str:
+    """``frame`` (its first ``max_rows`` rows) as a GitHub Markdown table."""
+    head = frame if max_rows is None else frame.head(max_rows)
+    lines = ["| " + " | ".join(map(str, head.columns)) + " |", "|" + "---|" * len(head.columns)]
+    for row in head.itertuples(index=False):
+        cells = (format_cell(value, str(column)) for column, value in zip(head.columns, row, strict=True))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

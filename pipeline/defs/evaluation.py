@@ -12,7 +12,7 @@ import dagster as dg
 from pipeline.commands.evaluate import ScoringOptions, named_run, score
 from pipeline.defs.errors import user_errors
 from pipeline.defs.keys import GPU_POOL, asset_key, group_name
-from pipeline.defs.metadata import to_metadata
+from pipeline.defs.metadata import check_result, to_metadata
 from pipeline.defs.resources import TagcolorStorage
 from pipeline.sources.base import DatasetSpec
 
@@ -52,15 +52,23 @@ def last_trained_run(instance: dg.DagsterInstance, colorizer_key: dg.AssetKey) -
 
 
 def evaluation_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
-    colorizer_key = asset_key(spec, "colorizer")
+    colorizer_key, evaluation_key = asset_key(spec, "colorizer"), asset_key(spec, "evaluation")
 
     @dg.asset(
-        key=asset_key(spec, "evaluation"),
+        key=evaluation_key,
         group_name=group_name(spec),
         deps=[colorizer_key, asset_key(spec, "lab_shards"), asset_key(spec, "tag_tokens")],
         kinds={"pytorch", "png"},
         pool=GPU_POOL,
         automation_condition=dg.AutomationCondition.eager().allow(dg.AssetSelection.assets(colorizer_key)),
+        check_specs=[
+            dg.AssetCheckSpec(
+                "beats_grey",
+                asset=evaluation_key,
+                description="With their true tags the photos come out no worse than left grey: ab error not above "
+                "the grey baseline's, PSNR no more than 0.5 dB below it.",
+            )
+        ],
         description="FID, ΔCF, PSNR, SSIM, hue and ab error under true / no / shuffled tags, baselines and the "
         "collages (results, best, tag steering); any run, held-out shard or whole folder under a protocol.",
     )
@@ -77,6 +85,10 @@ def evaluation_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
                     raise dg.Failure(f"no run under {paths.runs}: materialize {spec.name}/colorizer first")
                 run_dir = paths.inside(run_dir)
             result = score(storage.resolve(spec), paths, run_dir, ScoringOptions(**config.model_dump()))
-            return dg.MaterializeResult(metadata=to_metadata(result.metadata))
+            against = {key: result.figures[key] for key in ("ab_error/tags", "ab_error/grey", "psnr/tags", "psnr/grey")}
+            return dg.MaterializeResult(
+                metadata=to_metadata(result.metadata),
+                check_results=[check_result(result.beats_grey, "beats_grey", against)],  # severity ERROR
+            )
 
     return [evaluation]

@@ -44,7 +44,6 @@ ARCHIVE = "folder"
 PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif"})
 TAG_SUFFIX = ".txt"
 TAGS_CSV = "tags.csv"
-MANIFEST = "manifest.parquet"
 
 OK = "ok"
 """A manifest row's status at the last scan: ``ok`` (as first seen), else ``changed`` or ``missing``."""
@@ -113,7 +112,7 @@ def scan(root: Path) -> Found:
 
 def read_manifest(paths: DatasetPaths) -> pd.DataFrame:
     """The manifest, ordered by image id; an error naming the asset that writes it when there is none."""
-    path = paths.raw / MANIFEST
+    path = paths.manifest
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: materialize {paths.root.name}/archives first")
     # The manifest fixes every photo's id: a new scan would number the photos anew, so a backup comes first.
@@ -205,7 +204,7 @@ class Spec(DatasetSpec):
     def on_disk(self, paths: DatasetPaths) -> Spec:
         """The size the manifest records and the shard size the first scan fixed (none yet: no shards)."""
         split = Split.read(paths)
-        manifest = paths.raw / MANIFEST
+        manifest = paths.manifest
         try:
             n_images = pq.read_metadata(manifest).num_rows if manifest.is_file() else 0
         except PARQUET_ERRORS:  # damaged: the definitions still load, and reading it says what to do
@@ -223,7 +222,7 @@ class Spec(DatasetSpec):
         started = time.perf_counter()
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.name}: the folder {self.root} does not exist")
-        old = read_manifest(paths) if (paths.raw / MANIFEST).is_file() else None
+        old = read_manifest(paths) if (paths.manifest).is_file() else None
         manifest, counts = update_manifest(self.root, old)
         if manifest.empty:
             raise FileNotFoundError(f"{self.name}: no photos ({', '.join(sorted(PHOTO_SUFFIXES))}) in {self.root}")
@@ -231,11 +230,11 @@ class Spec(DatasetSpec):
         if split is None:  # written before the manifest, so a manifest never exists without its split
             split = first_split(len(manifest), self.shard_size)
             split.write(paths)
-        with atomic_path(paths.raw / MANIFEST, suffix=".parquet") as tmp:
+        with atomic_path(paths.manifest, suffix=".parquet") as tmp:
             pq.write_table(pa.Table.from_pandas(manifest, schema=MANIFEST_SCHEMA, preserve_index=False), tmp)
         sha1 = manifest["sha1"]
         return SourceResult(
-            path=paths.raw / MANIFEST,
+            path=paths.manifest,
             figures={
                 "folder": str(self.root),
                 "photos": len(manifest),
