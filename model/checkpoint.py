@@ -265,6 +265,15 @@ def _validated(path: Path) -> dict[str, Any]:
     return payload
 
 
+def run_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a run is scored by: ``best.pt`` (the validation's choice) where the run has one, else
+    ``latest.pt``."""
+    for name in (BEST_CHECKPOINT, LATEST_CHECKPOINT):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise FileNotFoundError(f"no checkpoint at {run_dir / LATEST_CHECKPOINT}: train the run first")
+
+
 def has_checkpoint(run_dir: Path) -> bool:
     """Whether a run directory holds a checkpoint to resume: ``latest.pt`` or a ``ckpt_<step>.pt``."""
     return (run_dir / LATEST_CHECKPOINT).is_file() or any(run_dir.glob(STEP_GLOB))

@@ -1,6 +1,6 @@
 """Colour your own photos with a trained checkpoint, at their full size.
 
-    python -m model.colorize photo.jpg [more.jpg ...] --checkpoint data/sample/runs/sample_demo/latest.pt \\
+    python -m model.colorize photo.jpg [more.jpg ...] --checkpoint data/sample/runs/sample_demo \\
         --tags "sunset, beach" [--tags "snow" ...] [--out DIR] [--device cpu]
 
 The net sees the photo's lightness at its training size; its a, b are upsampled to the photo's size and
@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from model.checkpoint import CheckpointError
+from model.checkpoint import CheckpointError, run_checkpoint
 from model.data import tag_ids
 from model.device import resolve_device
 from model.inference import Colorizer
@@ -136,7 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Colour each photo; a photo that fails is reported and skipped. Exit status 1 if any failed."""
     parser = argparse.ArgumentParser(prog="python -m model.colorize", description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="photos to colour (any size)")
-    parser.add_argument("--checkpoint", required=True, type=Path, help="a training run's checkpoint (.pt)")
+    parser.add_argument(
+        "--checkpoint", required=True, type=Path, help="a checkpoint (.pt), or a run: its best.pt, else latest.pt"
+    )
     parser.add_argument(
         "--tags",
         action="append",
@@ -161,9 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         parser.error(str(error))
     try:
-        colorizer = Colorizer.from_checkpoint(args.checkpoint, device=str(device))
+        checkpoint = run_checkpoint(args.checkpoint) if args.checkpoint.is_dir() else args.checkpoint
+        colorizer = Colorizer.from_checkpoint(checkpoint, device=str(device))
+        print(f"colouring with {checkpoint} (step {colorizer.step})", file=sys.stderr)
         tokens = [tag_ids(parse_tags(text), colorizer.index) for text in tag_sets]
-    except (CheckpointError, VocabularyError) as error:
+    except (CheckpointError, VocabularyError, FileNotFoundError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 
     failed = 0

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from model.checkpoint import run_checkpoint
 from model.collage import coloured_collage, with_ab
 from model.data import checkpoint_ids, tag_ids
 from model.device import resolve_device
@@ -56,9 +57,7 @@ from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb
 from pipeline.core.config import ConfigError
 from pipeline.core.files import atomic_write_text, reports_disk_full
 from pipeline.core.layout import (
-    BEST_CHECKPOINT,
     EVALUATIONS,
-    LATEST_CHECKPOINT,
     RUN_CONFIG,
     DataError,
     DatasetPaths,
@@ -475,15 +474,6 @@ def evaluate(
             eval_set, tokens, colorizer, steering, steering_rows, out_dir / STEERING_COLLAGE_NAME
         ),
     )
-
-
-def run_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint a run is scored by: ``best.pt`` (the validation's choice) where the run has one, else
-    ``latest.pt``."""
-    for name in (BEST_CHECKPOINT, LATEST_CHECKPOINT):
-        if (run_dir / name).is_file():
-            return run_dir / name
-    raise FileNotFoundError(f"no checkpoint at {run_dir / LATEST_CHECKPOINT}: train the run first")
 
 
 def evaluate_run(
