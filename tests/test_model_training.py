@@ -45,6 +45,7 @@ from model.data import (
     tag_ids,
     to_device,
 )
+from model.evaluation import evaluate_run, grey_problems
 from model.inference import Colorizer
 from model.launch import torchrun_command
 from model.train import train
@@ -561,6 +562,8 @@ def test_tags_carry_the_colour(vocabulary_dir: Path, tmp_path: Path) -> None:
     ratio = error_true / error_shuffled
     print(f"ab error with true tags {error_true:.2f}, shuffled {error_shuffled:.2f}, ratio {ratio:.3f}")
     assert ratio < 0.7
+    scored = evaluate_run(DatasetPaths(root), result.run_dir, n_images=64, out_dir=tmp_path / "evaluation")
+    assert grey_problems(scored.figures) == "" and scored.beats_grey == "", "a model that learnt the tags beats grey"
 
 
 def test_the_word_tokenizer_trains_and_its_checkpoint_carries_the_vocabulary(
