@@ -159,7 +159,9 @@ def test_shipped_train_configs_are_valid(path: Path, dataset: Path) -> None:
         assert load_train_config(path, [f"data_root={dataset}"]).shards == [0, 1]
 
 
-SHARING_WEIGHTS = ("mirflickr1m_1gpu", "mirflickr1m_8gpu", "mirflickr1m_seed_plan", "mirflickr25k_1gpu")
+SHARING_WEIGHTS = (
+    "mirflickr1m_1gpu", "mirflickr1m_8gpu", "mirflickr1m_seed_plan", "mirflickr25k_1gpu", "folder_finetune"
+)  # fmt: skip
 """The GPU presets whose runs start from each other's weights (``init_from``), as their comments say."""
 
 
