@@ -294,6 +294,9 @@ def _train(
     layout = read_layout(Path(config.data_root), config.shards)
     stages, datasets = training_stages(config, layout, ddp.world_size)
     steps = final_step(config, stages, state.step)
+    if config.patience is not None and state.selection.stale >= config.patience:
+        logger.info("the run stopped early at step %d (patience %d): nothing to train", state.step, config.patience)
+        steps = state.step
 
     def open_loader(stage: Stage) -> BatchLoader:
         """The stage's stream of batches: from its first epoch, or where a resumed run stopped inside it."""

@@ -109,6 +109,7 @@ def test_kill_and_resume_with_validation_and_early_stopping_is_bit_identical(sam
         train(killed, report=kill_at_step_5)
     resumed = train(dataclasses.replace(killed, resume=True))
     assert resumed.step == full.step and resumed.state.selection == full.state.selection
+    assert train(dataclasses.replace(killed, resume=True)).step == full.step, "a run that stopped early stays stopped"
     keys = ("generator", "critic", "ema", "opt_g", "opt_d", "rng")
     for name in ("latest.pt", "best.pt"):
         expected = tensors(load_checkpoint(full.run_dir / name), keys)
