@@ -22,7 +22,6 @@ own index. The selection depends only on the seed, so runs compare.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -55,7 +54,7 @@ from model.photo_sets import (
 )
 from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb
 from pipeline.core.config import ConfigError
-from pipeline.core.files import atomic_write_text, reports_disk_full
+from pipeline.core.files import atomic_write_text, file_digest, reports_disk_full
 from pipeline.core.layout import (
     EVALUATIONS,
     RUN_CONFIG,
@@ -403,7 +402,7 @@ def append_evaluation(checkpoint: Path, metrics: dict[str, Any], reported: dict[
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "checkpoint": str(checkpoint),
         "step": metrics["step"],
-        "sha256": file_sha256(checkpoint),
+        "sha256": file_digest(checkpoint, "sha256"),
         **{key: metrics[key] for key in ("evaluated_on", "protocol", "seed", "n_images")},
         "figures": reported,
     }
@@ -413,14 +412,6 @@ def append_evaluation(checkpoint: Path, metrics: dict[str, Any], reported: dict[
         file.flush()
         os.fsync(file.fileno())
     return path
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def evaluate(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -77,6 +78,13 @@ def reports_disk_full(path: Path, writing: str = "") -> Iterator[None]:
         if full is None:
             raise
         raise full from error
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """The hex digest of a file's bytes, read in blocks (``sha1`` names a folder's photos, ``sha256`` a scored
+    checkpoint)."""
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, algorithm).hexdigest()
 
 
 def _temporary_name(final: Path) -> re.Pattern[str]:

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.config import ConfigError
 from pipeline.core.contract import CHANGED, DUPLICATE, MISSING, TOO_LARGE
-from pipeline.core.files import atomic_path
+from pipeline.core.files import atomic_path, file_digest
 from pipeline.core.layout import PARQUET_ERRORS, DatasetPaths, Split, read_table
 from pipeline.datasets import resolve_repo_path
 from pipeline.sources import base
@@ -75,11 +75,7 @@ def inside(path: Path, real_root: Path) -> bool:
 
 
 def file_sha1(path: Path) -> str:
-    digest = hashlib.sha1()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha1")
 
 
 @dataclass(frozen=True)
