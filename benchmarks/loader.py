@@ -155,8 +155,8 @@ class Readers:
 
     def __init__(self, dataset: TrainingSet, index: TokenIndex, device: torch.device, args: argparse.Namespace) -> None:
         self.dataset, self.index, self.device, self.args = dataset, index, device, args
-        perm, _ = epoch_plan(len(dataset), SEED, 0)
-        self.items = perm[args.prefetch * args.batch_size :][: args.batches * args.batch_size]
+        order = epoch_plan(len(dataset), SEED, 0).order
+        self.items = order[args.prefetch * args.batch_size :][: args.batches * args.batch_size]
         self.row_bytes = int(np.prod(dataset.image_shape))
         self.paths = {s: Path(array.filename) for s, array in dataset.shards.items()}
         starts = {s: array.offset for s, array in dataset.shards.items()}

@@ -108,6 +108,14 @@ class TrainConfig:
     DeOldify's NoGAN pre-training: alone, the L1 term finds the colours several times faster per second (no
     critic updates, no gradient penalty); the critic then restores the vividness L1 averages away."""
     ema_decay: float = 0.999
+    tag_dropout: float = 0.0
+    """Condition dropout: the share of training photos (drawn per epoch, :class:`model.data.EpochPlan`) that
+    train without their tags, as classifier-free guidance trains, so that the no-tag path stays a colorizer of
+    its own and the tags refine it rather than standing in for the photo (on a small dataset tags otherwise
+    name which training photo this is)."""
+    crop_min_scale: float = 1.0
+    """Random resized crops: each training photo is cut to a square of ``U(crop_min_scale, 1)`` of its side at a
+    random place (drawn per epoch) before it is resized to ``image_size``; 1: the whole photo."""
     base_channels: int = 32
     depth: int = 4
     token_dim: int = 128
@@ -194,6 +202,8 @@ def _check_values(config: TrainConfig) -> None:
     for key in ("gp_lambda", "drift", "l1_weight", "l1_warmup_steps", "snapshot_every"):
         _require(getattr(config, key) >= 0, key, f"must not be negative, got {getattr(config, key)}")
     _require(config.lr > 0, "lr", f"must be positive, got {config.lr}")
+    _require(0 <= config.tag_dropout < 1, "tag_dropout", f"must be in [0, 1), got {config.tag_dropout}")
+    _require(0 < config.crop_min_scale <= 1, "crop_min_scale", f"must be in (0, 1], got {config.crop_min_scale}")
     _require(
         len(config.betas) == 2 and all(0 <= b < 1 for b in config.betas),
         "betas",

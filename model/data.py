@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -232,10 +233,38 @@ class Position:
     offset: int = 0
 
 
-def epoch_plan(n: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """The permutation and horizontal flips of one epoch, a function of ``(seed, epoch)`` alone."""
+class EpochPlan(NamedTuple):
+    """One epoch's order and augmentation, per photo of the training set: a function of ``(seed, epoch)`` alone,
+    so a resumed run sees the very same crops, flips and dropped tags."""
+
+    order: np.ndarray
+    flip: np.ndarray
+    crop: np.ndarray
+    """``(n, 3)`` floats in [0, 1): the crop's side as a share of ``[crop_min_scale, 1]``, then its left and top
+    as shares of the room the crop leaves."""
+    tag_draw: np.ndarray
+    """``(n,)`` uniform draws: a photo's tags are dropped for the epoch where its draw is below ``tag_dropout``."""
+
+
+def epoch_plan(n: int, seed: int, epoch: int) -> EpochPlan:
+    """The permutation, flips, crops and tag draws of one epoch (drawn in that order: the permutation and flips
+    are those of runs from before crops and tag dropout existed)."""
     rng = np.random.default_rng([seed, epoch])
-    return rng.permutation(n), rng.random(n) < 0.5
+    order, flip = rng.permutation(n), rng.random(n) < 0.5
+    return EpochPlan(order, flip, rng.random((n, 3)), rng.random(n))
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """What training does to its photos beyond the flips, each a candidate regulariser for small datasets.
+
+    ``crop_min_scale`` < 1: random resized crops, a square of ``U(crop_min_scale, 1)`` of the photo's side at a
+    random place, resized to the training size. ``tag_dropout``: the share of photos trained without their tags
+    (all pads, the "no tags" vector), so that the no-tag path stays a real colorizer and the tags refine it.
+    """
+
+    crop_min_scale: float = 1.0
+    tag_dropout: float = 0.0
 
 
 @dataclass
@@ -246,6 +275,8 @@ class HostBatch:
     flip: torch.Tensor
     tokens: torch.Tensor
     position: Position
+    crop: torch.Tensor | None = None
+    """``(B, 3)``: each photo's crop as side, left and top shares of its size (:func:`crop_boxes`); None: whole."""
 
 
 @dataclass
@@ -282,7 +313,8 @@ class BatchLoader:
 
     Epoch ``e`` is ``epoch_plan(len(dataset), seed, e)`` cut into global batches of
     ``batch_size · world_size`` samples (the remainder is dropped); rank ``r`` takes the ``r``-th slice of
-    each, so ranks never overlap and all see the same number of batches.
+    each, so ranks never overlap and all see the same number of batches. ``augmentation`` adds the plan's crops
+    and drops the tags of the plan's photos.
     """
 
     def __init__(
@@ -297,8 +329,9 @@ class BatchLoader:
         pin_device: torch.device | None = None,
         prefetch: int = 4,
         readers: int = 4,
+        augmentation: Augmentation = Augmentation(),
     ) -> None:
-        self.dataset, self.index, self.seed = dataset, index, seed
+        self.dataset, self.index, self.seed, self.augmentation = dataset, index, seed, augmentation
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.pin_device = pin_device
         self.batches_per_epoch = batches_per_epoch(len(dataset), batch_size, world_size)
@@ -313,32 +346,38 @@ class BatchLoader:
         for _ in range(prefetch):
             self._submit()
 
-    def _batches(self, start: Position) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-        """``(epoch, batch, permutation, flips)`` for every batch from ``start`` on."""
+    def _batches(self, start: Position) -> Iterator[tuple[int, int, EpochPlan]]:
+        """``(epoch, batch, plan)`` for every batch from ``start`` on."""
         epoch, batch = start.epoch, start.offset // (self.batch_size * self.world_size)
         while True:
-            perm, flips = epoch_plan(len(self.dataset), self.seed, epoch)
+            plan = epoch_plan(len(self.dataset), self.seed, epoch)
             for index in range(batch, self.batches_per_epoch):
-                yield epoch, index, perm, flips
+                yield epoch, index, plan
             epoch, batch = epoch + 1, 0
 
     def _submit(self) -> None:
         self._pending.append(self._pool.submit(self._read, *next(self._plan)))
 
-    def _read(self, epoch: int, batch: int, perm: np.ndarray, flips: np.ndarray) -> HostBatch:
+    def _read(self, epoch: int, batch: int, plan: EpochPlan) -> HostBatch:
         span = self.batch_size * self.world_size
         first = batch * span + self.rank * self.batch_size
-        items = perm[first : first + self.batch_size]
+        taken = slice(first, first + self.batch_size)
+        items = plan.order[taken]
         pin = self.pin_device is not None
         lab = torch.empty((self.batch_size, *self.dataset.image_shape), dtype=torch.uint8, pin_memory=pin)
-        tokens = torch.from_numpy(self.index.dense(self.dataset.gather(items, lab.numpy())))
-        flip = torch.from_numpy(flips[first : first + self.batch_size].copy())
+        dense = self.index.dense(self.dataset.gather(items, lab.numpy()))
+        dense[plan.tag_draw[taken] < self.augmentation.tag_dropout] = 0  # the pad: "no tags"
+        tokens = torch.from_numpy(dense)
+        flip = torch.from_numpy(plan.flip[taken].copy())
+        crop = None
+        if self.augmentation.crop_min_scale < 1:
+            crop = torch.from_numpy(crop_boxes(plan.crop[taken], self.augmentation.crop_min_scale))
         after = Position(epoch, (batch + 1) * span)
         if batch + 1 == self.batches_per_epoch:
             after = Position(epoch + 1, 0)
         if pin:
             flip, tokens = flip.pin_memory(), tokens.pin_memory()
-        return HostBatch(lab=lab, flip=flip, tokens=tokens, position=after)
+        return HostBatch(lab=lab, flip=flip, tokens=tokens, position=after, crop=crop)
 
     def __iter__(self) -> BatchLoader:
         return self
@@ -362,6 +401,26 @@ class BatchLoader:
         self.close()
 
 
+def crop_boxes(draws: np.ndarray, min_scale: float) -> np.ndarray:
+    """The plan's crop draws ``(B, 3)`` as boxes: side ``U(min_scale, 1)`` of the photo's, left and top as shares
+    of the photo's side (float32)."""
+    side = min_scale + (1 - min_scale) * draws[:, 0]
+    return np.stack([side, draws[:, 1] * (1 - side), draws[:, 2] * (1 - side)], axis=1).astype(np.float32)
+
+
+def resized_crops(lab: torch.Tensor, boxes: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Each photo of ``lab`` ``(B, C, S, S)`` cut to its box (side, left, top as shares of ``S``) and resized
+    to ``image_size`` with antialiasing (one call a photo: the boxes differ in size)."""
+    side = lab.shape[-1]
+    out = []
+    for image, (scale, left, top) in zip(lab, boxes.tolist(), strict=True):
+        size = max(1, round(scale * side))
+        x, y = min(round(left * side), side - size), min(round(top * side), side - size)
+        crop = image[None, :, y : y + size, x : x + size]
+        out.append(F.interpolate(crop, size=(image_size, image_size), mode="bilinear", antialias=True))
+    return torch.cat(out)
+
+
 def lab_to_unit(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Encoded Lab ``(B, 3, H, W)`` as floats → lightness and ``ab`` in [-1, 1], the scaling of
     :mod:`pipeline.core.color`."""
@@ -369,11 +428,14 @@ def lab_to_unit(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def to_device(host: HostBatch, device: torch.device, image_size: int, channels_last: bool = False) -> Batch:
-    """One non-blocking uint8 copy to ``device``, then flip, scale and resize to ``image_size`` there."""
+    """One non-blocking uint8 copy to ``device``, then flip, crop (where the batch has boxes), scale and resize
+    to ``image_size`` there."""
     lab = host.lab.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
     flip = host.flip.to(device, non_blocking=True).view(-1, 1, 1, 1)
     lab = torch.where(flip, lab.flip(-1), lab)
-    if lab.shape[-1] != image_size or lab.shape[-2] != image_size:
+    if host.crop is not None:
+        lab = resized_crops(lab, host.crop, image_size)
+    elif lab.shape[-1] != image_size or lab.shape[-2] != image_size:
         lab = F.interpolate(lab, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
     if channels_last:
         lab = lab.contiguous(memory_format=torch.channels_last)

@@ -49,6 +49,7 @@ from model.config import (
     validate_train_config,
 )
 from model.data import (
+    Augmentation,
     BatchLoader,
     Position,
     TokenIndex,
@@ -317,6 +318,7 @@ def _train(
             world_size=ddp.world_size,
             pin_device=device if device.type == "cuda" else None,
             prefetch=config.prefetch,
+            augmentation=Augmentation(config.crop_min_scale, config.tag_dropout),
         )
 
     validation = None

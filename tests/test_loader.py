@@ -8,13 +8,14 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from model.data import BatchLoader, HostBatch, Position, TokenIndex, TrainingSet, epoch_plan
+from model.data import Augmentation, BatchLoader, HostBatch, Position, TokenIndex, TrainingSet, epoch_plan
 from pipeline.core.contract import SHARD_NAME
 from pipeline.core.layout import DataError, read_layout
 
@@ -64,7 +65,7 @@ def planned_stream(root: Path, start: Position, count: int, rank: int = 0, world
     stream: list[HostBatch] = []
     epoch, batch = start.epoch, start.offset // span
     while len(stream) < count:
-        perm, flips = epoch_plan(len(eligible), SEED, epoch)
+        perm, flips, _, _ = epoch_plan(len(eligible), SEED, epoch)
         for b in range(batch, per_epoch):
             taken = slice(b * span + rank * BATCH, b * span + (rank + 1) * BATCH)
             ids = eligible[perm[taken]]
@@ -84,7 +85,7 @@ def assert_same(expected: list[HostBatch], actual: list[HostBatch]) -> None:
         assert want.position == got.position, f"batch {i}: position"
 
 
-def read(root: Path, count: int, start: Position = START, **options: int) -> list[HostBatch]:
+def read(root: Path, count: int, start: Position = START, **options: Any) -> list[HostBatch]:
     with BatchLoader(training_set(root), token_index(root), BATCH, SEED, start=start, **options) as loader:
         return [next(loader) for _ in range(count)]
 
@@ -103,6 +104,40 @@ def test_batches_are_the_planned_rows_across_epochs_and_after_a_resume(
     for resume_after in (per_epoch - 2, per_epoch - 1):  # mid-epoch, and on the boundary
         start = stream[resume_after].position
         assert_same(stream[resume_after + 1 :], read(dataset, count - resume_after - 1, start, **options))
+
+
+def test_the_plan_keeps_the_order_and_flips_of_runs_from_before_augmentation() -> None:
+    rng = np.random.default_rng([SEED, 3])
+    order, flip = rng.permutation(50), rng.random(50) < 0.5
+    plan = epoch_plan(50, SEED, 3)
+    assert np.array_equal(plan.order, order) and np.array_equal(plan.flip, flip)
+    assert plan.crop.shape == (50, 3) and plan.tag_draw.shape == (50,)
+
+
+def test_crops_and_dropped_tags_follow_the_plan_and_resume_exactly(dataset: Path) -> None:
+    augmentation = Augmentation(crop_min_scale=0.5, tag_dropout=0.4)
+    per_epoch = (N_SHARDS * SHARD_SIZE - len(INVALID)) // BATCH
+    count = per_epoch + 2
+    stream = read(dataset, count, augmentation=augmentation)
+    plain = read(dataset, count)
+    dropped = 0
+    for epoch_batch, (augmented, original) in enumerate(zip(stream, plain, strict=True)):
+        epoch, batch = divmod(epoch_batch, per_epoch)
+        plan = epoch_plan(N_SHARDS * SHARD_SIZE - len(INVALID), SEED, epoch)
+        taken = slice(batch * BATCH, (batch + 1) * BATCH)
+        drop = torch.from_numpy(plan.tag_draw[taken] < 0.4)
+        assert torch.equal(augmented.lab, original.lab) and torch.equal(augmented.flip, original.flip)
+        assert (augmented.tokens[drop] == 0).all(), "a dropped photo's tags are all pads"
+        assert torch.equal(augmented.tokens[~drop], original.tokens[~drop])
+        dropped += int(drop.sum())
+        side = augmented.crop[:, 0]
+        assert ((side >= 0.5) & (side <= 1)).all() and (augmented.crop[:, 1:] <= 1 - side[:, None] + 1e-6).all()
+        assert original.crop is None
+    assert 0.2 < dropped / (count * BATCH) < 0.6
+    start = stream[per_epoch - 2].position
+    resumed = read(dataset, 3, start, augmentation=augmentation)
+    for want, got in zip(stream[per_epoch - 1 :], resumed, strict=True):
+        assert torch.equal(want.crop, got.crop) and torch.equal(want.tokens, got.tokens)
 
 
 def test_reader_threads_finishing_out_of_order_keep_the_order(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:

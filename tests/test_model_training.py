@@ -42,6 +42,7 @@ from model.data import (
     TokenIndex,
     TrainingSet,
     checkpoint_ids,
+    lab_to_unit,
     tag_ids,
     to_device,
 )
@@ -244,6 +245,21 @@ def test_to_device_flips_scales_and_resizes() -> None:
     assert small.ab.shape == (2, 2, 2, 2)
 
 
+def test_to_device_cuts_each_photo_to_its_box() -> None:
+    lab = torch.arange(2 * 4 * 4 * 3, dtype=torch.uint8).reshape(2, 4, 4, 3)
+    boxes = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])  # the top-right quadrant; the whole photo
+    host = HostBatch(
+        lab=lab, flip=torch.tensor([False, False]), tokens=torch.zeros(2, 20, dtype=torch.long), position=Position()
+    )
+    cropped = replace(host, crop=boxes)
+    whole = to_device(host, torch.device("cpu"), image_size=2)
+    batch = to_device(cropped, torch.device("cpu"), image_size=2)
+    quadrant = lab_to_unit(lab[:1].permute(0, 3, 1, 2).float())[0][0, 0, :2, 2:]  # 2×2 to 2×2: no resampling
+    torch.testing.assert_close(batch.lightness[0, 0], quadrant)
+    torch.testing.assert_close(batch.lightness[1], whole.lightness[1])
+    assert not torch.equal(batch.lightness[0], whole.lightness[0])
+
+
 @pytest.fixture(scope="module")
 def trained_run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A two-step run; its ``latest.pt``."""
@@ -301,8 +317,8 @@ def test_colorizer_predicts_encoded_ab_at_any_size(trained_run: Path) -> None:
 
 @pytest.mark.parametrize(
     "schedule",
-    [{}, {"l1_warmup_steps": 2, "gp_every": 2}],
-    ids=["every-update-penalised", "l1-warm-up-then-lazy-penalty"],
+    [{}, {"l1_warmup_steps": 2, "gp_every": 2}, {"tag_dropout": 0.5, "crop_min_scale": 0.5}],
+    ids=["every-update-penalised", "l1-warm-up-then-lazy-penalty", "crops-and-tag-dropout"],
 )
 def test_kill_and_resume_is_bit_identical(dataset: Path, tmp_path: Path, schedule: dict[str, int]) -> None:
     schedule = schedule | {"snapshot_every": 2, "tensorboard": True}
