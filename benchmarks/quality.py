@@ -1,16 +1,20 @@
-"""A training recipe on a dataset, for a time budget: the evaluation's table, so recipes compare in one command.
+"""Training recipes on a dataset, for a time budget: chosen on validation photos, reported on the test shard.
 
-Run from the repository root, on a prepared dataset (``make demo`` prepares ``data/sample``):
+Run from the repository root, on a prepared dataset (``make demo`` prepares ``data/sample``;
+``benchmarks/real_photos.py`` a real-photo one, with its presets):
 
     .venv/bin/python benchmarks/quality.py --data-root data/sample --config sample_demo --budget-s 150 \\
-        [--compare sample_demo_old.yaml] [key=value ...]
+        [--recipe "no_dropout tag_dropout=0" ...] [--compare sample_demo_old.yaml] [key=value ...]
 
-Each recipe trains from scratch in a temporary run directory until ``--budget-s`` seconds of training (its
-``max_steps`` still applies), on the CPU unless a ``device=`` override says otherwise, and is scored on the
-dataset's held-out shard: ab error, hue error, PSNR, SSIM, ΔCF (and FID / LPIPS where their weights are
-available) under true, no and shuffled tags, beside the grey and training-mean baselines. For the synthetic
-sample the benchmark also knows each photo's theme colour, which neither the model nor its losses may
-know, and reports how often the generated foreground's mean colour is nearest to it among the 8 theme colours.
+A recipe is the ``--config`` preset with a ``--recipe``'s overrides (or another preset, ``--compare``). Each
+trains from scratch in a temporary run directory until ``--budget-s`` seconds of training (its ``max_steps``
+still applies), on the CPU unless a ``device=`` override says otherwise. Its chosen checkpoint (``best.pt``
+where the run validates) is scored on the run's validation photos, which is what recipes are compared on, and
+once on the dataset's held-out shard, which chooses nothing: ab error, hue error, PSNR, SSIM, ΔCF (and FID /
+LPIPS where their weights are available) under true, no and shuffled tags, beside the grey and training-mean
+baselines; a last table puts every recipe's figures side by side. For the synthetic sample the benchmark also
+knows each photo's theme colour, which neither the model nor its losses may know, and reports how often the
+generated foreground's mean colour is nearest to it among the 8 theme colours.
 """
 
 from __future__ import annotations
@@ -20,15 +24,17 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from model.checkpoint import run_checkpoint
 from model.config import load_train_config
 from model.data import checkpoint_ids
-from model.evaluation import CONDITIONS, EvaluationResult, evaluate_run, trained_split
+from model.evaluation import CONDITIONS, EvaluationResult, evaluate, evaluate_run, run_train_mean, trained_split
 from model.inference import Colorizer
-from model.photo_sets import holdout_set
+from model.photo_sets import holdout_set, validation_set
 from model.train import train
 from pipeline.core.layout import DatasetPaths
 from pipeline.core.vocabulary import load_tag_encoding, tag_text, tiktoken_cache_dir
@@ -77,44 +83,70 @@ def theme_accuracy(paths: DatasetPaths, result: EvaluationResult, checkpoint: Pa
     return (hits / counted if counted else float("nan")), counted
 
 
-def run(data_root: Path, config: Path, budget_s: float, overrides: list[str], runs_dir: Path) -> dict:
-    """Train ``config`` for the budget and evaluate it; the table's figures."""
-    name = config.stem
+@dataclass(frozen=True)
+class Recipe:
+    """A preset and the ``key=value`` overrides that make it this recipe."""
+
+    name: str
+    config: Path
+    overrides: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str, config: Path) -> Recipe:
+        """``"NAME key=value ..."`` on top of ``config``."""
+        name, *overrides = text.split()
+        if "=" in name:
+            raise argparse.ArgumentTypeError(f"--recipe {text!r}: the first word names the recipe")
+        return cls(name, config, tuple(overrides))
+
+
+def run(data_root: Path, recipe: Recipe, budget_s: float, overrides: list[str], runs_dir: Path) -> dict:
+    """Train ``recipe`` for the budget; score its chosen checkpoint on its validation photos and on the test
+    shard. The figures of both tables."""
     train_config = load_train_config(
-        config,
+        recipe.config,
         [
             f"data_root={data_root}",
             f"runs_dir={runs_dir}",
-            f"run_name={name}",
+            f"run_name={recipe.name}",
             f"max_seconds={budget_s}",
             "resume=false",
             "device=cpu",
             *overrides,
+            *recipe.overrides,
         ],
     )
     started = time.perf_counter()
     result = train(train_config)
     trained_s = time.perf_counter() - started
     paths = DatasetPaths(data_root)
+    validation = None
+    if train_config.val_ids:
+        val_set = validation_set(paths, train_config.val_ids, train_config.tokenizer)
+        checkpoint = run_checkpoint(result.run_dir)
+        validation = evaluate(
+            val_set, checkpoint, result.run_dir / "validation", train_mean=run_train_mean(result.run_dir, 0)
+        ).metrics
     started = time.perf_counter()
     evaluation = evaluate_run(paths, result.run_dir, n_images=None, out_dir=result.run_dir / "evaluation")
     evaluated_s = time.perf_counter() - started
     theme = theme_accuracy(paths, evaluation, result.checkpoint)
     return {
-        "recipe": name,
+        "recipe": recipe.name,
+        "overrides": list(recipe.overrides),
         "steps": result.step,
+        "chosen_step": evaluation.metrics.get("step"),
         "train_s": trained_s,
         "evaluate_s": evaluated_s,
+        "validation": validation,
         "metrics": evaluation.metrics,
         "theme": theme,
+        "run_dir": str(result.run_dir),
     }
 
 
-def print_table(outcome: dict) -> None:
-    metrics = outcome["metrics"]
-    trained = f"{outcome['steps']} steps in {outcome['train_s']:.0f} s"
-    scored = f"{outcome['evaluate_s']:.0f} s on {metrics['n_images']} photos ({metrics['evaluated_on']})"
-    print(f"\n## {outcome['recipe']}: {trained}, evaluated in {scored}")
+def print_table(title: str, metrics: dict) -> None:
+    print(f"\n### {title}")
     print("| set | " + " | ".join(COLUMNS) + " |")
     print("|---" * (len(COLUMNS) + 1) + "|")
     for group in ("conditions", "baselines"):
@@ -124,34 +156,78 @@ def print_table(outcome: dict) -> None:
     headline = metrics["headline"]
     grey = metrics["baselines"]["grey"]["ab_error"]
     ratio = metrics["conditions"]["tags"]["ab_error"] / grey
-    print(f"tag_gain {headline['tag_gain']:.3g}, ab error with tags / grey {ratio:.3g}", end="")
+    print(f"tag_gain {headline['tag_gain']:.3g}, ab error with tags / grey {ratio:.3g}")
+
+
+def print_outcome(outcome: dict) -> None:
+    metrics = outcome["metrics"]
+    trained = f"{outcome['steps']} steps in {outcome['train_s']:.0f} s, scored at step {outcome['chosen_step']}"
+    print(f"\n## {outcome['recipe']} {' '.join(outcome['overrides'])}: {trained}")
+    if outcome["validation"] is not None:
+        print_table(f"validation: {outcome['validation']['n_images']} photos", outcome["validation"])
+    print_table(f"test: {metrics['n_images']} photos ({metrics['evaluated_on']})", metrics)
     if outcome["theme"] is not None:
         share, counted = outcome["theme"]
-        print(f", theme colour right {share:.1%} of {counted} photos", end="")
-    print("\n" + "; ".join(f"{k}: {v}" for k, v in metrics["learned_metrics"].items()))
+        print(f"theme colour right {share:.1%} of {counted} photos")
+    print("; ".join(f"{k}: {v}" for k, v in metrics["learned_metrics"].items()))
+
+
+SUMMARY = ("ab tags", "ab pad", "ab grey", "PSNR − grey", "hue", "ΔCF", "tag_gain")
+
+
+def summary_cells(metrics: dict | None) -> list[str]:
+    """One split's headline figures: ab error with tags, without, grey's; PSNR above grey's; hue error; ΔCF."""
+    if metrics is None:
+        return ["–"] * len(SUMMARY)
+    tags, pad, grey = metrics["conditions"]["tags"], metrics["conditions"]["pad"], metrics["baselines"]["grey"]
+    values = [tags["ab_error"], pad["ab_error"], grey["ab_error"], tags["psnr"] - grey["psnr"]]
+    values += [tags["hue_error"], tags["delta_cf"], metrics["headline"]["tag_gain"]]
+    return [f"{value:.3g}" if isinstance(value, float) else "n/a" for value in values]
+
+
+def print_summary(outcomes: list[dict]) -> None:
+    """Every recipe in one table: validation (what recipes are chosen on), then test (reported, never chosen on)."""
+    header = ["recipe", "steps", *(f"val {c}" for c in SUMMARY), *(f"test {c}" for c in SUMMARY)]
+    print("\n## Recipes (chosen on validation; test reported once per recipe)")
+    print("| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
+    for outcome in outcomes:
+        steps = f"{outcome['chosen_step']} / {outcome['steps']}"
+        cells = [outcome["recipe"], steps, *summary_cells(outcome["validation"]), *summary_cells(outcome["metrics"])]
+        print("| " + " | ".join(cells) + " |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, default=Path("data/sample"))
     parser.add_argument("--config", default="sample_demo", help="a preset under assets_config/train or a YAML path")
-    parser.add_argument("--compare", action="append", default=[], help="another recipe, scored the same way")
+    parser.add_argument(
+        "--recipe",
+        action="append",
+        default=[],
+        metavar='"NAME key=value ..."',
+        help="a recipe: the --config preset with these overrides (repeatable; none: the preset as it is)",
+    )
+    parser.add_argument("--compare", action="append", default=[], help="another preset, scored the same way")
     parser.add_argument("--budget-s", type=float, default=150.0, help="seconds of training per recipe")
     parser.add_argument("--json", type=Path, help="also write the outcomes here")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every recipe")
     args = parser.parse_args()
     if not (args.data_root / "images.parquet").exists():
         parser.error(f"{args.data_root} is not a prepared dataset (make demo prepares data/sample)")
+    base = preset(args.config)
+    recipes = [Recipe.parse(text, base) for text in args.recipe] or [Recipe(base.stem, base)]
+    recipes += [Recipe(preset(name).stem, preset(name)) for name in args.compare]
     conditions = ", ".join(CONDITIONS)
     print(f"{args.data_root}: {args.budget_s:.0f} s of training per recipe, conditions {conditions}", flush=True)
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="tagcolor-quality-") as runs_dir:
-        for config in [args.config, *args.compare]:
-            outcome = run(args.data_root, preset(config), args.budget_s, args.overrides, Path(runs_dir))
-            print_table(outcome)
+        for recipe in recipes:
+            outcome = run(args.data_root, recipe, args.budget_s, args.overrides, Path(runs_dir))
+            print_outcome(outcome)
             outcomes.append(outcome)
-    if args.json:
-        args.json.write_text(json.dumps(outcomes, indent=2, default=str) + "\n")
+            if args.json:  # after each recipe: a long comparison keeps what it has measured
+                args.json.write_text(json.dumps(outcomes, indent=2, default=str) + "\n")
+    print_summary(outcomes)
 
 
 if __name__ == "__main__":

@@ -153,6 +153,17 @@ def holdout_set(
     return rows_set(paths, selection, tokenizer, description, protocol)
 
 
+def validation_set(paths: DatasetPaths, val_ids: Sequence[int], tokenizer: str) -> EvaluationSet:
+    """A run's validation photos (its ``val_ids``, set aside from training), read from the shards as stored:
+    what recipes are compared on, the test shard choosing nothing."""
+    images = read_images_table(paths, IMAGE_COLUMNS)
+    rows = images[images["image_id"].isin(list(val_ids))].sort_values("image_id", ignore_index=True)
+    if rows.empty:
+        raise DataError(f"{paths.root} holds none of the run's {len(val_ids)} validation photos")
+    protocol = {"split": "validation", "n_images": len(rows)}
+    return rows_set(paths, rows, tokenizer, f"{len(rows)} validation photos of {paths.root.name}", protocol)
+
+
 def rows_set(
     paths: DatasetPaths, rows: pd.DataFrame, tokenizer: str, description: str, protocol: dict[str, Any]
 ) -> EvaluationSet:
