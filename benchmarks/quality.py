@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import yaml
 
 from model.checkpoint import run_checkpoint
 from model.config import load_train_config
@@ -36,7 +38,7 @@ from model.evaluation import CONDITIONS, EvaluationResult, evaluate, evaluate_ru
 from model.inference import Colorizer
 from model.photo_sets import holdout_set, validation_set
 from model.train import train
-from pipeline.core.layout import DatasetPaths
+from pipeline.core.layout import DatasetPaths, read_layout
 from pipeline.core.vocabulary import load_tag_encoding, tag_text, tiktoken_cache_dir
 from pipeline.datasets import load_dataset_specs
 from pipeline.sources import synthetic
@@ -100,6 +102,37 @@ class Recipe:
         return cls(name, config, tuple(overrides))
 
 
+def shared_words(paths: DatasetPaths, image_ids: np.ndarray, training_ids: np.ndarray) -> np.ndarray:
+    """Whether each photo of ``image_ids`` has a tag some training photo has too: where tags can carry what
+    a word means from training photos to new ones."""
+    tags = pd.read_parquet(paths.root / "tags.parquet", columns=["image_id", "tags"]).set_index("image_id")["tags"]
+    known = {str(tag) for tag_list in tags.reindex(training_ids).dropna() for tag in tag_list}
+    return np.array([bool(known & {str(tag) for tag in tags.get(int(i), [])}) for i in image_ids])
+
+
+def tag_gain_by_shared_words(paths: DatasetPaths, result: EvaluationResult, run_dir: Path) -> dict[str, dict]:
+    """The test photos' tag_gain (shuffled over true tags' ab error) and pad_gain (no tags over true tags), split
+    by whether they share a tag word with the run's training photos."""
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    layout = read_layout(paths.root)
+    holdout = layout.holdout_shard if config["holdout_shard"] is None else config["holdout_shard"]
+    trained = [s for s in range(layout.n_shards) if s != holdout] if config["shards"] is None else config["shards"]
+    training_ids = np.concatenate([np.asarray(layout.shard_ids(s)) for s in trained])
+    training_ids = np.setdiff1d(training_ids, config.get("val_ids") or [])
+    shared = shared_words(paths, np.asarray(result.metrics["image_ids"]), training_ids)
+    errors = result.per_image_ab_error
+    groups = {}
+    for name, chosen in (("shared words", shared), ("no shared word", ~shared)):
+        if chosen.any():
+            tags = errors["tags"][chosen].mean()
+            groups[name] = {
+                "photos": int(chosen.sum()),
+                "tag_gain": float(errors["shuffled"][chosen].mean() / tags),
+                "pad_gain": float(errors["pad"][chosen].mean() / tags),
+            }
+    return groups
+
+
 def run(data_root: Path, recipe: Recipe, budget_s: float, overrides: list[str], runs_dir: Path) -> dict:
     """Train ``recipe`` for the budget; score its chosen checkpoint on its validation photos and on the test
     shard. The figures of both tables."""
@@ -120,18 +153,21 @@ def run(data_root: Path, recipe: Recipe, budget_s: float, overrides: list[str], 
     result = train(train_config)
     trained_s = time.perf_counter() - started
     paths = DatasetPaths(data_root)
+    spec = load_dataset_specs().get(paths.root.name)
+    steering = {"steering": spec.steering_tags} if spec is not None and spec.steering_tags else {}
     validation = None
     if train_config.val_ids:
         val_set = validation_set(paths, train_config.val_ids, train_config.tokenizer)
         checkpoint = run_checkpoint(result.run_dir)
         validation = evaluate(
-            val_set, checkpoint, result.run_dir / "validation", train_mean=run_train_mean(result.run_dir, 0)
+            val_set, checkpoint, result.run_dir / "validation", train_mean=run_train_mean(result.run_dir, 0), **steering
         ).metrics
     started = time.perf_counter()
-    evaluation = evaluate_run(paths, result.run_dir, n_images=None, out_dir=result.run_dir / "evaluation")
+    evaluation = evaluate_run(paths, result.run_dir, n_images=None, out_dir=result.run_dir / "evaluation", **steering)
     evaluated_s = time.perf_counter() - started
     theme = theme_accuracy(paths, evaluation, result.checkpoint)
     return {
+        "by_shared_words": tag_gain_by_shared_words(paths, evaluation, result.run_dir),
         "recipe": recipe.name,
         "overrides": list(recipe.overrides),
         "steps": result.step,
@@ -166,6 +202,11 @@ def print_outcome(outcome: dict) -> None:
     if outcome["validation"] is not None:
         print_table(f"validation: {outcome['validation']['n_images']} photos", outcome["validation"])
     print_table(f"test: {metrics['n_images']} photos ({metrics['evaluated_on']})", metrics)
+    for group, figures in outcome["by_shared_words"].items():
+        print(
+            f"{group} with training photos: {figures['photos']} test photos, tag_gain {figures['tag_gain']:.3g},"
+            f" pad_gain {figures['pad_gain']:.3g}"
+        )
     if outcome["theme"] is not None:
         share, counted = outcome["theme"]
         print(f"theme colour right {share:.1%} of {counted} photos")
@@ -210,6 +251,7 @@ def main() -> None:
     parser.add_argument("--compare", action="append", default=[], help="another preset, scored the same way")
     parser.add_argument("--budget-s", type=float, default=150.0, help="seconds of training per recipe")
     parser.add_argument("--json", type=Path, help="also write the outcomes here")
+    parser.add_argument("--runs-dir", type=Path, help="keep the runs here (their collages, curves, best.pt)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every recipe")
     args = parser.parse_args()
     if not (args.data_root / "images.parquet").exists():
@@ -220,9 +262,9 @@ def main() -> None:
     conditions = ", ".join(CONDITIONS)
     print(f"{args.data_root}: {args.budget_s:.0f} s of training per recipe, conditions {conditions}", flush=True)
     outcomes = []
-    with tempfile.TemporaryDirectory(prefix="tagcolor-quality-") as runs_dir:
+    with tempfile.TemporaryDirectory(prefix="tagcolor-quality-") as temporary:
         for recipe in recipes:
-            outcome = run(args.data_root, recipe, args.budget_s, args.overrides, Path(runs_dir))
+            outcome = run(args.data_root, recipe, args.budget_s, args.overrides, args.runs_dir or Path(temporary))
             print_outcome(outcome)
             outcomes.append(outcome)
             if args.json:  # after each recipe: a long comparison keeps what it has measured

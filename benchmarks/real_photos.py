@@ -39,6 +39,8 @@ from skimage import data
 TRAIN_DIR = Path(__file__).resolve().parents[1] / "assets_config" / "train"
 CROP_SIDE = 256
 SPLITS = ("1-training", "2-validation", "3-test")
+STEERING = ["sunset", "green grass", "blue sky sea", "autumn orange", "night"]
+"""The steering collage's tag sets: words of several training photos each, so they can mean colours."""
 
 
 @dataclass(frozen=True)
@@ -279,6 +281,7 @@ def main() -> None:
     (datasets / "real-photos.yaml").write_text(
         f"name: real-photos\nkind: folder\npath: {folder.resolve()}\nshard_size: {shard_size}\n"
         f"train_config: {(args.out / 'train' / 'folder.yaml').resolve()}\n"
+        f"steering_tags: {STEERING}\n"
     )
     sizes = ", ".join(f"{len(split[name])} {name[2:]}" for name in SPLITS)
     print(f"{len(photos)} photos ({sizes}), {image_id} crops in {folder}; {args.out / 'split.txt'}")

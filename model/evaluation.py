@@ -26,7 +26,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -139,6 +139,8 @@ class EvaluationResult:
     steering_collage_path: Path
     beats_grey: str
     history: pd.DataFrame
+    per_image_ab_error: dict[str, np.ndarray] = field(default_factory=dict)
+    """Each photo's ab error (in ``metrics["image_ids"]`` order) per condition and baseline."""
 
     @property
     def metadata(self) -> dict[str, object]:
@@ -458,6 +460,7 @@ def evaluate(
         figures=reported,
         beats_grey=grey_problems(reported),
         history=read_history(checkpoint.parent),
+        per_image_ab_error={name: values.ab_error for name, values in scores.per_image.items()},
         metrics_path=metrics_path,
         collage_path=coloured_collage(eval_set, first, [tokens[first]], colorizer, out_dir / COLLAGE_NAME),
         best_collage_path=coloured_collage(eval_set, best, [tokens[best]], colorizer, out_dir / BEST_COLLAGE_NAME),
