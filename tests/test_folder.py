@@ -8,6 +8,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -145,6 +146,8 @@ def bad_folder(root: Path, outside: Path) -> dict[str, str]:
     Image.fromarray(np.arange(40 * 30, dtype=np.uint16).reshape(30, 40) * 50).save(sixteen, format="PNG")
     as_png = io.BytesIO()
     Image.fromarray(sample_image(SAMPLE, 3)).save(as_png, format="PNG")
+    scan_8, scan_16 = io.BytesIO(), cv2.imencode(".tif", sample_image(SAMPLE, 8).astype(np.uint16) * 257)[1]
+    Image.fromarray(sample_image(SAMPLE, 9)).save(scan_8, format="TIFF")
     cases = {
         "good/0.jpg": (scene(0), ""),
         "good/1.jpg": (scene(1), ""),
@@ -158,6 +161,8 @@ def bad_folder(root: Path, outside: Path) -> dict[str, str]:
         "bad/truncated.jpg": (scene(4)[: len(scene(4)) // 2], "truncated"),
         "good/3.jpg": (scene(5), ""),
         "good/4.jpg": (scene(6), ""),
+        "scans/8_bit.tif": (scan_8.getvalue(), ""),
+        "scans/16_bit.TIFF": (scan_16.tobytes(), ""),
     }
     write_photos(root, {name: data for name, (data, _) in cases.items()})
     outside.write_bytes(scene(7))
@@ -177,12 +182,12 @@ def test_every_bad_case_is_counted_and_nothing_shifts(tmp_path: Path, vocabulary
     run = materialize(build_dataset_assets(spec), "mine/archives", storage, partition_key="folder")
     materialize(build_dataset_assets(spec), "mine/tags_archive", storage)
     scanned = run.get_asset_materialization_events()[0].materialization.metadata
-    assert (scanned["photos"].value, scanned["outside_links"].value, scanned["skipped_files"].value) == (12, 1, 1)
+    assert (scanned["photos"].value, scanned["outside_links"].value, scanned["skipped_files"].value) == (14, 1, 1)
 
-    live = storage.resolve(spec)  # the manifest now fixes 12 photos in shards of 3
-    assert live.shard_keys() == ["000", "001", "002", "003"]
+    live = storage.resolve(spec)  # the manifest now fixes 14 photos in shards of 3
+    assert live.shard_keys() == ["000", "001", "002", "003", "004"]
     assets = build_dataset_assets(live)
-    every_shard = {"dagster/asset_partition_range_start": "000", "dagster/asset_partition_range_end": "003"}
+    every_shard = {"dagster/asset_partition_range_start": "000", "dagster/asset_partition_range_end": "004"}
     shards = materialize(assets, "mine/lab_shards", storage, tags=every_shard)
     assert [c.passed for c in shards.get_asset_check_evaluations()] == [True], "the shard contract holds"
     tokens = materialize(assets, "mine/tag_tokens", storage)

@@ -1,9 +1,10 @@
 """Kind ``folder``: a directory of your own photos, tagged by sidecar files or by one ``tags.csv``.
 
-Photos are found recursively (``.jpg .jpeg .png .webp``, and ``.heic .heif`` where ``pillow-heif`` is
-installed; any case), in sorted relative-path order. Tags come from ``tags.csv`` at the folder's root when it
-has one (columns ``path,tags``, tags separated by commas), else from a sidecar ``<photo stem>.txt`` beside each
-photo (one tag per line, as MIRFLICKR's tag files). A photo without tags is a photo without tags.
+Photos are found recursively (``.jpg .jpeg .png .webp .tif .tiff``, 8- or 16-bit, and ``.heic .heif`` where
+``pillow-heif`` is installed; any case), in sorted relative-path order. Tags come from ``tags.csv`` at the
+folder's root when it has one (columns ``path,tags``, tags separated by commas), else from a sidecar
+``<photo stem>.txt`` beside each photo (one tag per line, as MIRFLICKR's tag files). A photo without tags is a
+photo without tags.
 
 The ``archives`` asset writes ``raw/manifest.parquet`` (image id, relative path, size, mtime, SHA-1 of the
 bytes): it fixes the global order. A re-scan appends new photos with new ids; existing ids never move, a
@@ -41,7 +42,8 @@ from pipeline.sources.base import DatasetSpec, PhotoUnavailable, Progress, Sourc
 ARCHIVE = "folder"
 """The one partition of ``archives``: the scan of the whole folder."""
 
-PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif"})
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".heic", ".heif"})
+"""TIFF is what scanners write, often with 16 bits a channel (scaled to 8 when read)."""
 TAG_SUFFIX = ".txt"
 TAGS_CSV = "tags.csv"
 
