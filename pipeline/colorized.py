@@ -10,10 +10,14 @@ the function that colours a batch of photos (:mod:`model.colorize`).
 
 from __future__ import annotations
 
+import hashlib
 import io
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -168,7 +172,139 @@ def write_colorized_manifest(path: Path, rows: pd.DataFrame) -> None:
         pq.write_table(pa.Table.from_pandas(rows[MANIFEST_SCHEMA.names], MANIFEST_SCHEMA, preserve_index=False), tmp)
 
 
-def up_to_date(row: pd.Series, sha1: str, checkpoint_sha256: str, tags: str, settings: str, out_dir: Path) -> bool:
-    """Whether a manifest row's output still is what colouring the photo now would write."""
-    current = (row["sha1"], row["checkpoint_sha256"], row["tags"], row["settings"])
-    return current == (sha1, checkpoint_sha256, tags, settings) and (out_dir / row["output"]).is_file()
+DEPENDS_ON = ("output", "sha1", "checkpoint_sha256", "tags", "settings")
+"""What an output is: its name, and what it is made from (the photo's bytes, the checkpoint's, the tag ids and
+the output settings)."""
+
+
+def up_to_date(old: Mapping[str, object], new: Mapping[str, object], out_dir: Path) -> bool:
+    """Whether the output a manifest row ``old`` records is what colouring the photo as ``new`` says would
+    write: made from the same things, and still there."""
+    return all(old[key] == new[key] for key in DEPENDS_ON) and (out_dir / str(old["output"])).is_file()
+
+
+class Colourer(Protocol):
+    """What colouring needs of a model (:class:`model.colorize.BatchColourer` is one): the checkpoint's hash, the
+    key of a tag set as the checkpoint reads it, and colours for a batch of photos."""
+
+    checkpoint_sha256: str
+
+    def tag_key(self, tags: Sequence[str]) -> str: ...
+
+    def colour(self, photos: Sequence[np.ndarray], tags: Sequence[Sequence[str]]) -> list[np.ndarray]: ...
+
+
+@dataclass
+class ShardReport:
+    """What one shard's colouring did: photos coloured (with their outputs), skipped as up to date, refused
+    (by reason), and outputs whose photos left the folder (deleted with ``prune``)."""
+
+    coloured: list[tuple[str, str]] = field(default_factory=list)
+    skipped: int = 0
+    refused: dict[str, list[str]] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+    pruned: bool = False
+    bytes_written: int = 0
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A photo read for colouring, or the reason it is skipped or refused."""
+
+    path: str
+    row: dict[str, object]
+    photo: Photo | None = None
+    refused: str = ""
+    up_to_date: bool = False
+
+
+def colour_shard(
+    root: Path,
+    paths: Sequence[str],
+    out_dir: Path,
+    shard: int,
+    colourer: Colourer,
+    tags_of: Callable[[str], list[str]],
+    settings: OutputSettings,
+    *,
+    prune: bool = False,
+    batch_size: int = 8,
+    workers: int = 2,
+) -> ShardReport:
+    """Colour the photos ``paths`` (relative to ``root``) of one shard into ``out_dir``, skipping those whose
+    output is up to date, and record every output in the shard's manifest.
+
+    Reading (bytes, SHA-1, decoding) and writing run on ``workers`` threads while the model colours a batch, at
+    most two batches ahead, so memory stays flat in the number of photos. A photo is read by its path, so a
+    changed photo is coloured anew. Rows of photos no longer in ``paths`` or on disk are reported as removed
+    (their outputs deleted with ``prune``). The manifest is written after every batch: an interrupted run
+    loses at most a batch.
+    """
+    manifest_file = manifest_path(out_dir, shard)
+    previous = {row["path"]: row for row in read_colorized_manifest(manifest_file).to_dict("records")}
+    names = output_names(paths, settings.suffix)
+    present = [path for path in paths if (root / path).is_file()]
+    rows = {path: row for path, row in previous.items() if path in present}
+    report = ShardReport(removed=sorted(row["output"] for path, row in previous.items() if path not in rows))
+    if prune:
+        for output in report.removed:
+            (out_dir / output).unlink(missing_ok=True)
+        report.pruned = True
+    else:
+        rows |= {path: row for path, row in previous.items() if path not in present}  # kept until pruned
+
+    def read(path: str) -> _Read:
+        file = root / path
+        stat = file.stat()
+        key = colourer.tag_key(tags_of(path))
+        old = previous.get(path)
+        row: dict[str, object] = {"path": path, "output": names[path], "size": stat.st_size,
+                                  "mtime_ns": stat.st_mtime_ns, "checkpoint_sha256": colourer.checkpoint_sha256,
+                                  "tags": key, "settings": settings.key}  # fmt: skip
+        unchanged = old is not None and (old["size"], old["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns)
+        if unchanged and up_to_date(old, row | {"sha1": old["sha1"]}, out_dir):  # same size and mtime: not read
+            return _Read(path, old, up_to_date=True)
+        data = file.read_bytes()
+        row["sha1"] = hashlib.sha1(data).hexdigest()
+        if old is not None and up_to_date(old, row, out_dir):  # touched, not changed
+            return _Read(path, old | row, up_to_date=True)
+        try:
+            return _Read(path, row, read_photo(data))
+        except Refused as error:
+            return _Read(path, row, refused=error.reason)
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="colour-io") as pool:
+        pending = deque(pool.submit(read, path) for path in present[: 2 * batch_size])
+        queued = iter(present[2 * batch_size :])
+        while pending:
+            batch: list[_Read] = []
+            while pending and len(batch) < batch_size:
+                item = pending.popleft().result()
+                if (following := next(queued, None)) is not None:
+                    pending.append(pool.submit(read, following))
+                if item.up_to_date:
+                    report.skipped += 1
+                    rows[item.path] = item.row
+                elif item.refused:
+                    report.refused.setdefault(item.refused, []).append(item.path)
+                    rows.pop(item.path, None)
+                else:
+                    batch.append(item)
+            if not batch:
+                continue
+            coloured = colourer.colour([item.photo.rgb for item in batch], [tags_of(item.path) for item in batch])
+            writes = [
+                pool.submit(write_output, rgb, item.photo.exif, out_dir / names[item.path], settings)
+                for item, rgb in zip(batch, coloured, strict=True)
+            ]
+            for item, rgb, written in zip(batch, coloured, writes, strict=True):
+                report.bytes_written += written.result()
+                renamed = previous.get(item.path, {}).get("output")
+                if renamed is not None and renamed != names[item.path]:  # a photo of the same stem arrived
+                    (out_dir / str(renamed)).unlink(missing_ok=True)
+                height, width = rgb.shape[:2]
+                rows[item.path] = item.row | {"width": width, "height": height}
+                report.coloured.append((item.path, names[item.path]))
+            write_colorized_manifest(manifest_file, pd.DataFrame(list(rows.values()), columns=MANIFEST_SCHEMA.names))
+    write_colorized_manifest(manifest_file, pd.DataFrame(list(rows.values()), columns=MANIFEST_SCHEMA.names))
+    return report

@@ -4,6 +4,8 @@ their manifest written atomically."""
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -17,6 +19,9 @@ from pipeline.colorized import (
     ColorizedError,
     OutputSettings,
     Refused,
+    ShardReport,
+    colour_shard,
+    manifest_path,
     output_names,
     read_colorized_manifest,
     read_photo,
@@ -97,12 +102,92 @@ def test_settings_are_checked_and_the_manifest_round_trips(tmp_path: Path) -> No
     write_colorized_manifest(path, pd.DataFrame([row]))
     read = read_colorized_manifest(path)
     assert read.to_dict("records") == [row] and list(read.columns) == MANIFEST_SCHEMA.names
-    assert up_to_date(read.iloc[0], "s", "c", "1 2", "jpeg q95", tmp_path)
-    assert not up_to_date(read.iloc[0], "t", "c", "1 2", "jpeg q95", tmp_path), "the photo changed"
-    assert not up_to_date(read.iloc[0], "s", "d", "1 2", "jpeg q95", tmp_path), "another checkpoint"
-    assert not up_to_date(read.iloc[0], "s", "c", "3", "jpeg q95", tmp_path), "other tags"
-    assert not up_to_date(read.iloc[0], "s", "c", "1 2", "png", tmp_path), "other settings"
+    recorded = read.iloc[0].to_dict()
+    assert up_to_date(recorded, dict(recorded), tmp_path)
+    changes = {"output": "b.jpg", "sha1": "t", "checkpoint_sha256": "d", "tags": "3", "settings": "png"}
+    for key, value in changes.items():
+        assert not up_to_date(recorded, recorded | {key: value}, tmp_path), f"another {key}"
     (tmp_path / "a.jpg").unlink()
-    assert not up_to_date(read.iloc[0], "s", "c", "1 2", "jpeg q95", tmp_path), "the output is gone"
+    assert not up_to_date(recorded, dict(recorded), tmp_path), "the output is gone"
     path.write_bytes(b"damaged")
     assert read_colorized_manifest(path).empty, "a damaged manifest colours everything again"
+
+
+class CountingColourer:
+    """A stand-in model: paints each photo's first channel 255, records the photos it was given."""
+
+    checkpoint_sha256 = "c" * 64
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def tag_key(self, tags: Sequence[str]) -> str:
+        return ",".join(tags)
+
+    def colour(self, photos: Sequence[np.ndarray], tags: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        assert len(photos) == len(tags)
+        out = []
+        for rgb in photos:
+            self.seen.append(rgb.shape[:2])
+            painted = rgb.copy()
+            painted[..., 0] = 255
+            out.append(painted)
+        return out
+
+
+def write_folder(root: Path) -> list[str]:
+    """Grey and colour photos, a 16-bit TIFF, two of one stem and an undecodable file; their sorted paths."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    (root / "colour.jpg").write_bytes(jpeg_with_exif(colour, orientation=1))
+    Image.fromarray(colour[..., 1]).save(root / "grey.png")
+    (root / "scans").mkdir()
+    (root / "scans" / "scan16.tif").write_bytes(cv2.imencode(".tif", colour.astype(np.uint16) * 257)[1].tobytes())
+    Image.fromarray(colour).save(root / "scans" / "a.jpg")
+    Image.fromarray(colour[::-1]).save(root / "scans" / "a.png")
+    (root / "bad.jpg").write_bytes(b"not a photo")
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def test_a_shard_is_coloured_once_and_again_only_where_something_changed(tmp_path: Path) -> None:
+    root, out = tmp_path / "photos", tmp_path / "colorized"
+    paths = write_folder(root)
+    tags = {path: ["sky"] for path in [*paths, "new.png"]}
+    colourer = CountingColourer()
+
+    def run(paths: list[str], **options: object) -> ShardReport:
+        return colour_shard(root, paths, out, 0, colourer, tags.__getitem__, OutputSettings(), batch_size=2, **options)
+
+    first = run(paths)
+    assert sorted(p for p, _ in first.coloured) == [p for p in paths if p != "bad.jpg"]
+    assert first.refused == {"undecodable": ["bad.jpg"]} and first.skipped == 0 and first.removed == []
+    outputs = {p: o for p, o in first.coloured}
+    assert outputs["scans/a.jpg"] == "scans/a.jpg.jpg" and outputs["scans/a.png"] == "scans/a.png.jpg"
+    assert outputs["scans/scan16.tif"] == "scans/scan16.jpg"
+    for path, output in outputs.items():
+        with Image.open(out / output) as written, Image.open(root / path) as original:
+            assert written.size == original.size and written.format == "JPEG"
+    with Image.open(out / "colour.jpg") as written:
+        assert written.getexif()[DATE_TAG] == "2001:02:03 04:05:06"
+    manifest = read_colorized_manifest(manifest_path(out, 0))
+    assert sorted(manifest["path"]) == sorted(outputs) and (manifest["checkpoint_sha256"] == "c" * 64).all()
+
+    again = run(paths)
+    assert again.coloured == [] and again.skipped == len(outputs), "nothing coloured again"
+
+    (root / "new.png").write_bytes((root / "grey.png").read_bytes())
+    (root / "colour.jpg").write_bytes(jpeg_with_exif(np.zeros((24, 32, 3), np.uint8), orientation=1))
+    os.utime(root / "scans" / "a.jpg", ns=(1, 1))  # touched, not changed: read, found equal, skipped
+    third = run([*paths, "new.png"])
+    assert sorted(p for p, _ in third.coloured) == ["colour.jpg", "new.png"] and third.skipped == 4
+
+    tags["grey.png"] = ["sunset"]
+    (root / "scans" / "a.png").unlink()
+    fourth = run([*paths, "new.png"])
+    assert [p for p, _ in fourth.coloured] == ["grey.png"], "other tags: coloured again"
+    assert fourth.removed == ["scans/a.png.jpg"] and (out / "scans" / "a.png.jpg").is_file(), "kept, reported"
+    pruned = run([*paths, "new.png"], prune=True)
+    assert pruned.removed == ["scans/a.png.jpg"] and not (out / "scans" / "a.png.jpg").exists()
+    assert "scans/a.png" not in set(read_colorized_manifest(manifest_path(out, 0))["path"])
+    assert len(colourer.seen) == len(outputs) + 3
