@@ -14,6 +14,7 @@ Several ``--tags`` steer the colours: each photo is coloured once per tag set (`
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from model.device import resolve_device
 from model.inference import Colorizer
 from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb, rgb_to_lab_u8
 from pipeline.core.config import ConfigError
-from pipeline.core.files import atomic_path
+from pipeline.core.files import atomic_path, file_digest
 from pipeline.core.photos import center_square, srgb_pixels
 from pipeline.core.render import CollageRow, render_collage
 from pipeline.core.vocabulary import (
@@ -87,18 +88,49 @@ def colorize_image(rgb: np.ndarray, colorizer: Colorizer, tokens: np.ndarray) ->
 
     Only the lightness of ``rgb`` is used: a colour photo is coloured anew.
     """
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected uint8 RGB (H, W, 3), got {rgb.dtype} {rgb.shape}")
     tokens = np.asarray(tokens, dtype=np.int32)
     if tokens.shape != (colorizer.index.width,):
         raise ValueError(f"expected one row of {colorizer.index.width} tokens, got shape {tokens.shape}")
-    height, width = rgb.shape[:2]
-    lightness = rgb_to_lab_u8(rgb)[..., 0]
+    return colorize_images([rgb], colorizer, tokens[None])[0]
+
+
+def colorize_images(photos: Sequence[np.ndarray], colorizer: Colorizer, tokens: np.ndarray) -> list[np.ndarray]:
+    """Colour uint8 RGB photos of any sizes, each under its row of raw tag ids ``tokens`` ``(B, width)``: the net
+    sees every photo's lightness at its training size in one batch; its a, b are upsampled to each photo's own
+    size and joined to the photo's full-resolution lightness."""
+    for rgb in photos:
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"expected uint8 RGB (H, W, 3), got {rgb.dtype} {rgb.shape}")
     size = colorizer.image_size
-    small = cv2.resize(lightness, (size, size), interpolation=cv2.INTER_AREA)
-    ab_small = colorizer.predict_ab(small[None], tokens[None])[0]
-    ab = cv2.resize(ab_small, (width, height), interpolation=cv2.INTER_CUBIC)
-    return rgb_keeping_lightness(lightness, ab)
+    lightness = [rgb_to_lab_u8(rgb)[..., 0] for rgb in photos]
+    small = np.stack([cv2.resize(light, (size, size), interpolation=cv2.INTER_AREA) for light in lightness])
+    ab_small = colorizer.predict_ab(small, np.asarray(tokens, dtype=np.int32))
+    return [
+        rgb_keeping_lightness(light, cv2.resize(ab, light.shape[::-1], interpolation=cv2.INTER_CUBIC))
+        for light, ab in zip(lightness, ab_small, strict=True)
+    ]
+
+
+class BatchColourer:
+    """One checkpoint as :class:`pipeline.colorized.Colourer` wants it: its SHA-256, the key of a tag set (the
+    ids it reads) and batches of photos coloured under their tags."""
+
+    def __init__(self, checkpoint: Path, device: str = "cpu") -> None:
+        self.checkpoint = Path(checkpoint)
+        self.colorizer = Colorizer.from_checkpoint(self.checkpoint, device=str(resolve_device(device)))
+        self.checkpoint_sha256 = file_digest(self.checkpoint, "sha256")
+        self.step = self.colorizer.step
+        self._ids = functools.lru_cache(maxsize=4096)(self._tag_ids)  # a folder repeats its tag sets
+
+    def _tag_ids(self, tags: tuple[str, ...]) -> np.ndarray:
+        return tag_ids(list(tags), self.colorizer.index)
+
+    def tag_key(self, tags: Sequence[str]) -> str:
+        return " ".join(str(int(i)) for i in self._ids(tuple(tags)))
+
+    def colour(self, photos: Sequence[np.ndarray], tags: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        tokens = np.stack([self._ids(tuple(tag_set)) for tag_set in tags])
+        return colorize_images(photos, self.colorizer, tokens)
 
 
 def write_png(rgb: np.ndarray, path: Path) -> Path:

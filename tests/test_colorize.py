@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from model.colorize import (
     GRID_NAME,
     GRID_TILE,
     SUFFIX,
+    BatchColourer,
     colorize_image,
     main,
     rgb_keeping_lightness,
@@ -61,6 +63,21 @@ def test_colorize_keeps_size_and_lightness(colorizer: Colorizer, vocabulary_dir:
     assert np.abs(lab_out[..., 0].astype(int) - lab_in[..., 0]).max() <= 1
     assert np.abs(lab_out[..., 1:].astype(int) - 128).max() > 2, "the checkpoint added no colour at all"
     assert not np.array_equal(coloured, rgb)
+
+
+def test_a_batch_of_photos_of_any_sizes_is_coloured_as_each_alone(
+    tiny_checkpoint: Path, colorizer: Colorizer, cli_env: None
+) -> None:
+    colourer = BatchColourer(tiny_checkpoint)
+    assert colourer.checkpoint_sha256 == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+    photos = [odd_photo(), np.ascontiguousarray(odd_photo()[:40, :90]), odd_photo()[::-1].copy()]
+    tag_sets = [["red", "circle"], [], ["sea"]]
+    batch = colourer.colour(photos, tag_sets)
+    for rgb, tags, coloured in zip(photos, tag_sets, batch, strict=True):
+        alone = colorize_image(rgb, colorizer, tag_ids(tags, colorizer.index))
+        assert coloured.shape == rgb.shape and np.abs(coloured.astype(int) - alone).max() <= 1
+    assert colourer.tag_key([]) == " ".join([str(PAD_ID)] * TOKENS_PER_IMAGE)
+    assert colourer.tag_key(["red"]) != colourer.tag_key(["sea"])
 
 
 def test_colorize_refuses_bad_tokens_and_images(colorizer: Colorizer) -> None:
