@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
+import cv2
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -29,7 +30,8 @@ from pipeline.core.config import ConfigError
 from pipeline.core.contract import EMPTY, TOO_LARGE, TRUNCATED, UNDECODABLE
 from pipeline.core.files import atomic_path
 from pipeline.core.layout import PARQUET_ERRORS
-from pipeline.core.photos import ORIENTATION_TAG, srgb_pixels
+from pipeline.core.photos import ORIENTATION_TAG, center_square, srgb_pixels
+from pipeline.core.render import CollageRow, render_collage
 
 FORMATS = {"jpeg": ".jpg", "png": ".png"}
 """Output formats and their file suffixes."""
@@ -308,3 +310,21 @@ def colour_shard(
             write_colorized_manifest(manifest_file, pd.DataFrame(list(rows.values()), columns=MANIFEST_SCHEMA.names))
     write_colorized_manifest(manifest_file, pd.DataFrame(list(rows.values()), columns=MANIFEST_SCHEMA.names))
     return report
+
+
+GALLERY_TILE = 256
+GALLERY_COLUMNS = ("before", "coloured")
+
+
+def write_gallery(root: Path, out_dir: Path, pairs: Sequence[tuple[str, str]], path: Path) -> Path:
+    """A before/after collage of ``pairs`` (photo, output): each photo as given (grey scans stay grey) beside its
+    colouring, centre squares shrunk to the tile, the photo's path as caption."""
+
+    def square(file: Path) -> np.ndarray:
+        with Image.open(file) as image:
+            image.draft("RGB", (2 * GALLERY_TILE, 2 * GALLERY_TILE))  # a large JPEG decoded at a fraction
+            pixels = center_square(srgb_pixels(image))
+        return cv2.resize(np.ascontiguousarray(pixels), (GALLERY_TILE, GALLERY_TILE), interpolation=cv2.INTER_AREA)
+
+    rows = [CollageRow((square(root / photo), square(out_dir / output)), photo) for photo, output in pairs]
+    return render_collage(rows, path, tile=GALLERY_TILE, columns=GALLERY_COLUMNS)

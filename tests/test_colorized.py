@@ -3,8 +3,10 @@ their manifest written atomically."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +32,10 @@ from pipeline.colorized import (
     write_output,
 )
 from pipeline.core.photos import ORIENTATION_TAG
+from pipeline.datasets import parse_dataset_spec
+from pipeline.defs.factory import build_dataset_assets
+from pipeline.defs.resources import storage_from_environ
+from tests.helpers import materialize
 
 DATE_TAG = 0x0132
 
@@ -191,3 +197,60 @@ def test_a_shard_is_coloured_once_and_again_only_where_something_changed(tmp_pat
     assert pruned.removed == ["scans/a.png.jpg"] and not (out / "scans" / "a.png.jpg").exists()
     assert "scans/a.png" not in set(read_colorized_manifest(manifest_path(out, 0))["path"])
     assert len(colourer.seen) == len(outputs) + 3
+
+
+def test_the_colorized_asset_colours_a_folder_with_another_datasets_run_then_only_what_changed(
+    tmp_path: Path, tiny_checkpoint: Path, vocabulary_dir: Path
+) -> None:
+    root, data = tmp_path / "scans", tmp_path / "data"
+    paths = write_folder(root)
+    Image.fromarray(np.full((30, 20), 90, np.uint8)).save(root / "scans" / "eight.tif")
+    (root / "colour.txt").write_text("sunset\nbeach\n")
+    donor = data / "donor" / "runs" / "tiny"
+    donor.mkdir(parents=True)
+    shutil.copy(tiny_checkpoint, donor / "latest.pt")
+    storage = storage_from_environ({"TAGCOLOR_DATA_DIR": str(data), "TIKTOKEN_CACHE_DIR": str(vocabulary_dir)})
+    spec = parse_dataset_spec({"name": "scans", "kind": "folder", "path": str(root), "shard_size": 50})
+
+    def scan() -> list:
+        assets = build_dataset_assets(storage.resolve(spec))
+        materialize(assets, "scans/archives", storage, partition_key="folder")
+        return build_dataset_assets(storage.resolve(spec))
+
+    def colour(assets: list) -> dict:
+        config = {"ops": {"scans__colorized": {"config": {"run": "donor/tiny", "batch_size": 3}}}}
+        run = materialize(assets, "scans/colorized", storage, partition_key="000", run_config=config)
+        return run.get_asset_materialization_events()[0].materialization.metadata
+
+    first = colour(scan())
+    photos = len(paths)  # and eight.tif, less bad.jpg
+    assert (first["coloured"].value, first["up_to_date"].value, first["refused_undecodable"].value) == (photos, 0, 1)
+    out = data / "scans" / "colorized" / "donor" / "tiny"
+    assert Path(first["out_dir"].value) == out and first["checkpoint"].value == str(donor / "latest.pt")
+    assert first["checkpoint_sha256"].value == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+    preview = first["preview"].value
+    assert preview.startswith(f"{photos} coloured, 0 up to date, 1 refused (1 undecodable)") and "base64," in preview
+    for source, output in {"scans/scan16.tif": "scans/scan16.jpg", "scans/eight.tif": "scans/eight.jpg",
+                           "scans/a.jpg": "scans/a.jpg.jpg", "scans/a.png": "scans/a.png.jpg",
+                           "grey.png": "grey.jpg", "colour.jpg": "colour.jpg"}.items():  # fmt: skip
+        with Image.open(out / output) as written, Image.open(root / source) as original:
+            assert written.size == original.size, output
+    with Image.open(out / "colour.jpg") as written:
+        assert written.getexif()[DATE_TAG] == "2001:02:03 04:05:06"
+        assert np.asarray(written).std(axis=-1).mean() > 0.5, "coloured, not grey"
+    manifest = read_colorized_manifest(manifest_path(out, 0))
+    assert (
+        len(manifest) == photos
+        and manifest.set_index("path").loc["colour.jpg", "tags"] != (manifest.set_index("path").loc["grey.png", "tags"])
+    ), "the photo's own tags were read"
+
+    second = colour(scan())
+    assert (second["coloured"].value, second["up_to_date"].value) == (0, photos)
+
+    (root / "added.png").write_bytes((root / "grey.png").read_bytes())
+    (root / "grey.png").write_bytes(jpeg_with_exif(np.full((10, 12, 3), 60, np.uint8), orientation=1))
+    third = colour(scan())
+    assert (third["coloured"].value, third["up_to_date"].value) == (2, photos - 1)
+    assert (out / "added.jpg").is_file()
+    with Image.open(out / "grey.jpg") as written:
+        assert written.size == (12, 10), "the changed photo coloured anew"

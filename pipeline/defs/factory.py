@@ -5,6 +5,7 @@ Each family of assets lives in its own module; this one puts a dataset's familie
 
 import dagster as dg
 
+from pipeline.defs.colorized import colorized_assets
 from pipeline.defs.evaluation import evaluation_assets
 from pipeline.defs.prepare import prepare_assets
 from pipeline.defs.sources import source_assets
@@ -21,4 +22,5 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition | dg.Ass
         *stats_assets(spec),
         *training_assets(spec),
         *evaluation_assets(spec),
+        *colorized_assets(spec),
     ]
