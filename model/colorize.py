@@ -66,21 +66,30 @@ def rgb_keeping_lightness(lightness: np.ndarray, ab: np.ndarray) -> np.ndarray:
 
     sRGB cannot show every Lab colour: converting one outside its gamut clips a channel, which changes the
     lightness. Each pixel therefore keeps the largest share of its chroma (of :data:`CHROMA_SCALES`) whose
-    RGB still has the photo's lightness, so the input's L survives exactly up to rounding.
+    RGB still has the photo's lightness, so the input's L survives exactly up to rounding. The whole photo is
+    converted once at full chroma; only the pixels that moved are tried again at the smaller shares.
     """
-    chroma = ab.astype(np.float32) - NEUTRAL_AB
-    result = np.empty((*lightness.shape, 3), dtype=np.uint8)
-    pending = np.ones(lightness.shape, dtype=bool)
-    for scale in CHROMA_SCALES:
-        scaled = np.clip(np.rint(chroma * scale + NEUTRAL_AB), 0, 255).astype(np.uint8)
-        rgb = lab_u8_to_rgb(np.dstack([lightness, scaled]))
-        shift = np.abs(rgb_to_lab_u8(rgb)[..., 0].astype(np.int16) - lightness)
-        take = pending & ((shift <= LIGHTNESS_TOLERANCE) | (scale == 0.0))
-        result[take] = rgb[take]
-        pending &= ~take
-        if not pending.any():
+    rgb = lab_u8_to_rgb(cv2.merge([lightness, ab]))
+    result = rgb.reshape(-1, 3)
+    light = lightness.reshape(-1)
+    shifted = np.abs(_l_channel(rgb).reshape(-1).astype(np.int16) - light) > LIGHTNESS_TOLERANCE
+    pending = np.flatnonzero(shifted)
+    chroma = ab.reshape(-1, 2)
+    for scale in CHROMA_SCALES[1:]:
+        if pending.size == 0:
             break
-    return result
+        scaled = np.clip(np.rint((chroma[pending].astype(np.float32) - NEUTRAL_AB) * scale + NEUTRAL_AB), 0, 255)
+        lab = np.concatenate([light[pending, None], scaled.astype(np.uint8)], axis=1)[:, None, :]
+        tried = lab_u8_to_rgb(lab)[:, 0]
+        moved = np.abs(_l_channel(tried[:, None, :])[:, 0].astype(np.int16) - light[pending]) > LIGHTNESS_TOLERANCE
+        fits = ~moved | (scale == 0.0)
+        result[pending[fits]] = tried[fits]
+        pending = pending[~fits]
+    return rgb
+
+
+def _l_channel(rgb: np.ndarray) -> np.ndarray:
+    return rgb_to_lab_u8(rgb)[..., 0]
 
 
 def colorize_image(rgb: np.ndarray, colorizer: Colorizer, tokens: np.ndarray) -> np.ndarray:
