@@ -14,7 +14,7 @@ import hashlib
 import io
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -236,11 +236,11 @@ def colour_shard(
     """Colour the photos ``paths`` (relative to ``root``) of one shard into ``out_dir``, skipping those whose
     output is up to date, and record every output in the shard's manifest.
 
-    Reading (bytes, SHA-1, decoding) and writing run on ``workers`` threads while the model colours a batch, at
-    most two batches ahead, so memory stays flat in the number of photos. A photo is read by its path, so a
-    changed photo is coloured anew. Rows of photos no longer in ``paths`` or on disk are reported as removed
-    (their outputs deleted with ``prune``). The manifest is written after every batch: an interrupted run
-    loses at most a batch.
+    Reading (bytes, SHA-1, decoding), colouring and writing run on ``workers`` threads, reads at most two batches
+    ahead and at most ``workers`` batches coloured at once, so memory stays flat in the number of photos. A photo
+    is read by its path, so a changed photo is coloured anew. Rows of photos no longer in ``paths`` or on disk
+    are reported as removed (their outputs deleted with ``prune``). The manifest is written after every batch:
+    an interrupted run loses at most the batches in flight.
     """
     manifest_file = manifest_path(out_dir, shard)
     previous = {row["path"]: row for row in read_colorized_manifest(manifest_file).to_dict("records")}
@@ -275,9 +275,31 @@ def colour_shard(
         except Refused as error:
             return _Read(path, row, refused=error.reason)
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="colour-io") as pool:
+    def colour_and_write(batch: list[_Read]) -> list[tuple[int, int, int]]:
+        """Colour a batch and write its outputs: each one's height, width and bytes."""
+        coloured = colourer.colour([item.photo.rgb for item in batch], [tags_of(item.path) for item in batch])
+        sizes = []
+        for item, rgb in zip(batch, coloured, strict=True):
+            written = write_output(rgb, item.photo.exif, out_dir / names[item.path], settings)
+            sizes.append((*rgb.shape[:2], written))
+        return sizes
+
+    def record(batch: list[_Read], done: Future[list[tuple[int, int, int]]]) -> None:
+        for item, (height, width, written) in zip(batch, done.result(), strict=True):
+            report.bytes_written += written
+            renamed = previous.get(item.path, {}).get("output")
+            if renamed is not None and renamed != names[item.path]:  # a photo of the same stem arrived
+                (out_dir / str(renamed)).unlink(missing_ok=True)
+            rows[item.path] = item.row | {"width": width, "height": height}
+            report.coloured.append((item.path, names[item.path]))
+        write_colorized_manifest(manifest_file, pd.DataFrame(list(rows.values()), columns=MANIFEST_SCHEMA.names))
+
+    # Batches are coloured and written on the pool's threads, up to `workers` at once, while this thread keeps
+    # the reads two batches ahead: every core busy, and memory bounded by the batches in flight.
+    with ThreadPoolExecutor(workers, thread_name_prefix="colour") as pool:
         pending = deque(pool.submit(read, path) for path in present[: 2 * batch_size])
         queued = iter(present[2 * batch_size :])
+        in_flight: deque[tuple[list[_Read], Future[list[tuple[int, int, int]]]]] = deque()
         while pending:
             batch: list[_Read] = []
             while pending and len(batch) < batch_size:
@@ -292,22 +314,10 @@ def colour_shard(
                     rows.pop(item.path, None)
                 else:
                     batch.append(item)
-            if not batch:
-                continue
-            coloured = colourer.colour([item.photo.rgb for item in batch], [tags_of(item.path) for item in batch])
-            writes = [
-                pool.submit(write_output, rgb, item.photo.exif, out_dir / names[item.path], settings)
-                for item, rgb in zip(batch, coloured, strict=True)
-            ]
-            for item, rgb, written in zip(batch, coloured, writes, strict=True):
-                report.bytes_written += written.result()
-                renamed = previous.get(item.path, {}).get("output")
-                if renamed is not None and renamed != names[item.path]:  # a photo of the same stem arrived
-                    (out_dir / str(renamed)).unlink(missing_ok=True)
-                height, width = rgb.shape[:2]
-                rows[item.path] = item.row | {"width": width, "height": height}
-                report.coloured.append((item.path, names[item.path]))
-            write_colorized_manifest(manifest_file, pd.DataFrame(list(rows.values()), columns=MANIFEST_SCHEMA.names))
+            if batch:
+                in_flight.append((batch, pool.submit(colour_and_write, batch)))
+            while len(in_flight) >= workers or (in_flight and not pending):
+                record(*in_flight.popleft())
     write_colorized_manifest(manifest_file, pd.DataFrame(list(rows.values()), columns=MANIFEST_SCHEMA.names))
     return report
 
