@@ -10,10 +10,12 @@ import json
 import math
 import re
 import socket
+import struct
 import subprocess
 import sys
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -469,3 +471,16 @@ def assert_report_matches_tables(stats_dir: Path) -> set[str]:
     for link in links:
         assert (stats_dir / link).read_bytes().startswith(PNG_MAGIC), f"{link} is not a PNG"
     return checked
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` × ``height`` and holds no pixels: a decompression bomb's header."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )

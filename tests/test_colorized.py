@@ -35,7 +35,7 @@ from pipeline.core.photos import ORIENTATION_TAG
 from pipeline.datasets import parse_dataset_spec
 from pipeline.defs.factory import build_dataset_assets
 from pipeline.defs.resources import storage_from_environ
-from tests.helpers import materialize
+from tests.helpers import materialize, png_header
 
 DATE_TAG = 0x0132
 
@@ -92,6 +92,9 @@ def test_greyscale_and_16_bit_photos_become_8_bit_rgb_and_bad_ones_are_refused()
     with pytest.raises(Refused) as text:
         read_photo(b"no photo at all")
     assert text.value.reason == "undecodable"
+    with pytest.raises(Refused) as bomb:
+        read_photo(png_header(20_000, 20_000))  # 400 megapixels declared: Pillow's guard refuses it unread
+    assert bomb.value.reason == "too_large"
 
 
 def test_settings_are_checked_and_the_manifest_round_trips(tmp_path: Path) -> None:

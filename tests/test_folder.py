@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import cv2
@@ -20,7 +18,7 @@ from pipeline.defs.factory import build_dataset_assets
 from pipeline.defs.resources import storage_from_environ
 from pipeline.sources import folder
 from pipeline.sources.synthetic import sample_image
-from tests.helpers import SAMPLE, folder_of_scenes, materialize, scene, write_photos
+from tests.helpers import SAMPLE, folder_of_scenes, materialize, png_header, scene, write_photos
 
 
 def spec_for(root: Path, **values: object) -> folder.Spec:
@@ -29,19 +27,6 @@ def spec_for(root: Path, **values: object) -> folder.Spec:
 
 def obtain(spec: folder.Spec, paths: DatasetPaths) -> dict:
     return spec.on_disk(paths).obtain(folder.ARCHIVE, paths, None, print).figures
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG that declares ``width`` × ``height`` and holds no pixels: a decompression bomb's header."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-        + chunk(b"IEND", b"")
-    )
 
 
 def test_scan_orders_paths_and_passes_over_what_is_no_photo(tmp_path: Path) -> None:
