@@ -15,7 +15,6 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pipeline.colorized import (
     OutputSettings,
@@ -36,9 +35,6 @@ from pipeline.sources import folder
 from pipeline.sources.base import DatasetSpec
 from pipeline.storage import Storage, dataset_dirs_from_environ
 from pipeline.tokens import parse_tag_file
-
-if TYPE_CHECKING:
-    from model.colorize import BatchColourer
 
 CHECKPOINTS = {"best": BEST_CHECKPOINT, "latest": LATEST_CHECKPOINT}
 
@@ -169,10 +165,8 @@ def colour_folder_shard(
     spec: DatasetSpec,
     shard: int,
     options: ColouringOptions,
-    colourer: Callable[[Path, str], BatchColourer] | None = None,
 ) -> FolderColouring:
-    """Colour the photos of ``shard`` of the folder dataset ``spec`` (its manifest's ids) with the chosen run;
-    ``colourer`` makes the model from a checkpoint and a device (:class:`model.colorize.BatchColourer`)."""
+    """Colour the photos of ``shard`` of the folder dataset ``spec`` (its manifest's ids) with the chosen run."""
     if not isinstance(spec, folder.Spec):
         raise ConfigError(
             f"{spec.name}: colouring in place needs a folder of photo files (kind folder), not {spec.kind}"
@@ -184,13 +178,12 @@ def colour_folder_shard(
     in_shard = photos[shard * split : (shard + 1) * split]
     if not in_shard:
         raise ConfigError(f"shard {shard}: {spec.name}'s manifest holds {len(photos)} photos in shards of {split}")
+    settings = OutputSettings(options.format, options.quality)
     run_dir = chosen_run(storage, spec.name, options.run)
     checkpoint = chosen_checkpoint(run_dir, options.checkpoint)
-    if colourer is None:
-        from model.colorize import BatchColourer  # torch: loaded by colouring only, not by the definitions
+    from model.colorize import BatchColourer  # torch: loaded by colouring only, not by the definitions
 
-        colourer = BatchColourer
-    model = colourer(checkpoint, options.device)
+    model = BatchColourer(checkpoint, options.device)
     out_dir = paths.root / "colorized" / run_dir.parent.parent.name / run_dir.name
     report = colour_shard(
         spec.root,
@@ -199,7 +192,7 @@ def colour_folder_shard(
         shard,
         model,
         tags_reader(spec.root, photos, options.tags),
-        OutputSettings(options.format, options.quality),
+        settings,
         prune=options.prune,
         batch_size=options.batch_size,
         workers=options.workers,
