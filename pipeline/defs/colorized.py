@@ -46,8 +46,9 @@ def colorized_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         deps=[asset_key(spec, "archives")],
         kinds={"pytorch", "jpeg"},
         pool=GPU_POOL,
+        # In backticks: the UI renders descriptions as Markdown, where a bare <run> is an HTML tag and vanishes.
         description="Every photo of the folder coloured at full size by a chosen run (EXIF kept), mirroring the "
-        "folder's tree under colorized/<dataset>/<run>/; only what changed is coloured again.",
+        "folder's tree under `colorized/<run's dataset>/<run>/`; only what changed is coloured again.",
     )
     def colorized(
         context: dg.AssetExecutionContext, config: ColorizedConfig, storage: TagcolorStorage
