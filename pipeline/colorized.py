@@ -26,8 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pipeline.convert import DECODE_ERRORS, refusal_reason
 from pipeline.core.config import ConfigError
-from pipeline.core.contract import EMPTY, TOO_LARGE, TRUNCATED, UNDECODABLE
+from pipeline.core.contract import EMPTY
 from pipeline.core.files import atomic_path
 from pipeline.core.layout import PARQUET_ERRORS
 from pipeline.core.photos import ORIENTATION_TAG, center_square, srgb_pixels
@@ -132,11 +133,8 @@ def read_photo(data: bytes) -> Photo:
         with Image.open(io.BytesIO(data)) as image:
             exif = image.getexif()
             rgb = srgb_pixels(image)
-    except Image.DecompressionBombError as error:
-        raise Refused(TOO_LARGE, str(error)) from error
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as error:
-        reason = TRUNCATED if "truncated" in str(error).lower() else UNDECODABLE
-        raise Refused(reason, str(error)) from error
+    except DECODE_ERRORS as error:
+        raise Refused(refusal_reason(error), str(error)) from error
     if ORIENTATION_TAG in exif:
         exif[ORIENTATION_TAG] = 1
     return Photo(rgb, exif.tobytes() if len(exif) else b"")

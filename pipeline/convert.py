@@ -95,7 +95,7 @@ SHARD_SPACE_MARGIN = 2**20
 """Disk bytes a shard takes beyond its Lab rows: the ``.npy`` header and its images.parquet rows (~0.2 MB
 at 10,000 photos)."""
 
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, Image.DecompressionBombError)
 """What Pillow raises for malformed input; anything else is a bug and stops the run."""
 
 
@@ -204,7 +204,8 @@ def _square_rgb(pixels: np.ndarray, size: int, icc: bytes | None, turn: int) -> 
     return (cv2.cvtColor(small, cv2.COLOR_GRAY2RGB) if small.ndim == 2 else small), converted
 
 
-def _reason(error: Exception) -> str:
+def refusal_reason(error: Exception) -> str:
+    """The contract's word for a photo Pillow could not decode: too large, truncated, or undecodable."""
     if isinstance(error, Image.DecompressionBombError):
         return TOO_LARGE
     return TRUNCATED if "truncated" in str(error).lower() else UNDECODABLE
@@ -224,8 +225,8 @@ def decode_to_lab(data: bytes, size: int) -> DecodedImage:
         raise PhotoUnavailable(UNSUPPORTED)
     try:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-    except _DECODE_ERRORS as error:
-        raise PhotoUnavailable(_reason(error)) from error
+    except DECODE_ERRORS as error:
+        raise PhotoUnavailable(refusal_reason(error)) from error
     with image:
         width, height = image.size
         try:
@@ -235,8 +236,8 @@ def decode_to_lab(data: bytes, size: int) -> DecodedImage:
             icc = image.info.get("icc_profile")
             pixels = _stored_pixels(image, data, size, keep_cmyk=bool(icc))
             rgb, converted = _square_rgb(pixels, size, icc, turn)
-        except _DECODE_ERRORS as error:
-            raise PhotoUnavailable(_reason(error), width, height) from error
+        except DECODE_ERRORS as error:
+            raise PhotoUnavailable(refusal_reason(error), width, height) from error
         return DecodedImage(
             lab=rgb_to_lab_u8(rgb),
             rgb=rgb,
