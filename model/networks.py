@@ -21,6 +21,13 @@ def widths(base_channels: int, depth: int) -> list[int]:
     return [base_channels * min(2**level, MAX_WIDTH_MULTIPLIER) for level in range(depth + 1)]
 
 
+@torch.compiler.disable
+def eager_lookup(embed: nn.Embedding, tokens: torch.Tensor) -> torch.Tensor:
+    """``embed(tokens)`` outside torch.compile: a compiled backward adds the rows of repeated tokens with atomic
+    adds, in an order that changes from run to run; eager's order is fixed, so compiled runs resume bit-exactly."""
+    return embed(tokens)
+
+
 class TagEncoder(nn.Module):
     """Dense token ids ``(B, width)`` (20 o200k tokens or 8 words) → one condition vector ``(B, token_dim)``.
 
@@ -41,7 +48,7 @@ class TagEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         mask = tokens != 0
-        embedded = self.embed(tokens).masked_fill(~mask.unsqueeze(-1), 0.0)
+        embedded = eager_lookup(self.embed, tokens).masked_fill(~mask.unsqueeze(-1), 0.0)
         if self.pool == "attention":
             scores = self.key(embedded) @ self.query / math.sqrt(embedded.shape[-1])
             weights = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(dim=1)
