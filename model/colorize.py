@@ -41,6 +41,8 @@ CHROMA_SCALES = (1.0, 0.75, 0.5, 0.25, 0.0)
 """Shares of the predicted chroma tried per pixel, largest first; grey (0) always fits."""
 LIGHTNESS_TOLERANCE = 1
 """Encoded L levels a pixel may move in the Lab → RGB → Lab round trip (8-bit rounding)."""
+DARK_ROUNDING_LEVELS = 24
+"""Below this encoded L, OpenCV's 8-bit conversion can move an unclipped colour's L by 2 levels."""
 SUFFIX = "_color.png"
 GRID_NAME = "tag_grid.png"
 GRID_TILE = 256
@@ -72,8 +74,11 @@ def rgb_keeping_lightness(lightness: np.ndarray, ab: np.ndarray) -> np.ndarray:
     rgb = lab_u8_to_rgb(cv2.merge([lightness, ab]))
     result = rgb.reshape(-1, 3)
     light = lightness.reshape(-1)
-    shifted = np.abs(_l_channel(rgb).reshape(-1).astype(np.int16) - light) > LIGHTNESS_TOLERANCE
-    pending = np.flatnonzero(shifted)
+    # Only a clipped channel (0 or 255) or OpenCV's rounding in the darkest levels moves L by more than the
+    # tolerance (checked over all 2²⁴ codes), so the round trip back to Lab is done for those pixels alone.
+    unclipped = cv2.inRange(rgb, (1, 1, 1), (254, 254, 254)).reshape(-1)
+    candidates = np.flatnonzero((unclipped == 0) | (light < DARK_ROUNDING_LEVELS))
+    pending = candidates[_lightness_moved(result[candidates], light[candidates])]
     chroma = ab.reshape(-1, 2)
     for scale in CHROMA_SCALES[1:]:
         if pending.size == 0:
@@ -81,15 +86,18 @@ def rgb_keeping_lightness(lightness: np.ndarray, ab: np.ndarray) -> np.ndarray:
         scaled = np.clip(np.rint((chroma[pending].astype(np.float32) - NEUTRAL_AB) * scale + NEUTRAL_AB), 0, 255)
         lab = np.concatenate([light[pending, None], scaled.astype(np.uint8)], axis=1)[:, None, :]
         tried = lab_u8_to_rgb(lab)[:, 0]
-        moved = np.abs(_l_channel(tried[:, None, :])[:, 0].astype(np.int16) - light[pending]) > LIGHTNESS_TOLERANCE
-        fits = ~moved | (scale == 0.0)
+        fits = ~_lightness_moved(tried, light[pending]) | (scale == 0.0)
         result[pending[fits]] = tried[fits]
         pending = pending[~fits]
     return rgb
 
 
-def _l_channel(rgb: np.ndarray) -> np.ndarray:
-    return rgb_to_lab_u8(rgb)[..., 0]
+def _lightness_moved(pixels: np.ndarray, lightness: np.ndarray) -> np.ndarray:
+    """Which uint8 RGB ``pixels`` ``(N, 3)`` lost their encoded ``lightness`` ``(N,)`` beyond the tolerance."""
+    if pixels.size == 0:
+        return np.zeros(0, dtype=bool)
+    actual = rgb_to_lab_u8(pixels[:, None, :])[:, 0, 0].astype(np.int16)
+    return np.abs(actual - lightness) > LIGHTNESS_TOLERANCE
 
 
 def colorize_image(rgb: np.ndarray, colorizer: Colorizer, tokens: np.ndarray) -> np.ndarray:

@@ -98,6 +98,15 @@ def test_out_of_gamut_colour_is_desaturated_not_darkened() -> None:
     np.testing.assert_allclose(rgb_to_lab_u8(mild)[..., 1:], mild_lab[..., 1:], atol=1)
 
 
+def test_every_encoded_lab_colour_keeps_its_lightness() -> None:
+    """All 2²⁴ codes at once, so the pixels spared the round-trip check (unclipped, above the darkest levels)
+    are shown to keep their L as well as the checked ones."""
+    codes = np.arange(2**24, dtype=np.uint32)
+    lab = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], axis=-1).astype(np.uint8).reshape(4096, 4096, 3)
+    rgb = rgb_keeping_lightness(lab[..., 0], lab[..., 1:])
+    assert np.abs(rgb_to_lab_u8(rgb)[..., 0].astype(np.int16) - lab[..., 0]).max() <= 1
+
+
 def test_parse_tags() -> None:
     assert parse_tags(" red, sky\nsea,,  \n") == ["red", "sky", "sea"]
     assert parse_tags("") == []
