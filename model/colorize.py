@@ -63,29 +63,28 @@ def read_rgb(path: Path) -> np.ndarray:
         raise ColorizeError(f"{path}: not a readable image ({error})") from error
 
 
-def rgb_keeping_lightness(lightness: np.ndarray, ab: np.ndarray) -> np.ndarray:
-    """uint8 RGB with encoded lightness ``(H, W)`` and as much of the encoded ``ab`` ``(H, W, 2)`` as fits.
+def rgb_keeping_lightness(lab: np.ndarray) -> np.ndarray:
+    """uint8 RGB with the encoded lightness of ``lab`` ``(H, W, 3)`` and as much of its a, b as fits.
 
     sRGB cannot show every Lab colour: converting one outside its gamut clips a channel, which changes the
     lightness. Each pixel therefore keeps the largest share of its chroma (of :data:`CHROMA_SCALES`) whose
     RGB still has the photo's lightness, so the input's L survives exactly up to rounding. The whole photo is
     converted once at full chroma; only the pixels that moved are tried again at the smaller shares.
     """
-    rgb = lab_u8_to_rgb(cv2.merge([lightness, ab]))
+    rgb = lab_u8_to_rgb(lab)
     result = rgb.reshape(-1, 3)
-    light = lightness.reshape(-1)
+    light, chroma = lab.reshape(-1, 3)[:, 0], lab.reshape(-1, 3)[:, 1:]
     # Only a clipped channel (0 or 255) or OpenCV's rounding in the darkest levels moves L by more than the
     # tolerance (checked over all 2²⁴ codes), so the round trip back to Lab is done for those pixels alone.
     unclipped = cv2.inRange(rgb, (1, 1, 1), (254, 254, 254)).reshape(-1)
     candidates = np.flatnonzero((unclipped == 0) | (light < DARK_ROUNDING_LEVELS))
     pending = candidates[_lightness_moved(result[candidates], light[candidates])]
-    chroma = ab.reshape(-1, 2)
     for scale in CHROMA_SCALES[1:]:
         if pending.size == 0:
             break
         scaled = np.clip(np.rint((chroma[pending].astype(np.float32) - NEUTRAL_AB) * scale + NEUTRAL_AB), 0, 255)
-        lab = np.concatenate([light[pending, None], scaled.astype(np.uint8)], axis=1)[:, None, :]
-        tried = lab_u8_to_rgb(lab)[:, 0]
+        trial = np.concatenate([light[pending, None], scaled.astype(np.uint8)], axis=1)[:, None, :]
+        tried = lab_u8_to_rgb(trial)[:, 0]
         fits = ~_lightness_moved(tried, light[pending]) | (scale == 0.0)
         result[pending[fits]] = tried[fits]
         pending = pending[~fits]
@@ -119,13 +118,18 @@ def colorize_images(photos: Sequence[np.ndarray], colorizer: Colorizer, tokens: 
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"expected uint8 RGB (H, W, 3), got {rgb.dtype} {rgb.shape}")
     size = colorizer.image_size
-    lightness = [rgb_to_lab_u8(rgb)[..., 0] for rgb in photos]
-    small = np.stack([cv2.resize(light, (size, size), interpolation=cv2.INTER_AREA) for light in lightness])
+    labs = [rgb_to_lab_u8(rgb) for rgb in photos]
+    small = np.stack(
+        [cv2.resize(cv2.extractChannel(lab, 0), (size, size), interpolation=cv2.INTER_AREA) for lab in labs]
+    )
     ab_small = colorizer.predict_ab(small, np.asarray(tokens, dtype=np.int32))
-    return [
-        rgb_keeping_lightness(light, cv2.resize(ab, light.shape[::-1], interpolation=cv2.INTER_CUBIC))
-        for light, ab in zip(lightness, ab_small, strict=True)
-    ]
+    coloured = []
+    for lab, ab in zip(labs, ab_small, strict=True):
+        height, width = lab.shape[:2]
+        # The photo's own L stays; its a, b give way to the net's, upsampled (in place: no copy of the photo).
+        cv2.mixChannels([cv2.resize(ab, (width, height), interpolation=cv2.INTER_CUBIC)], [lab], [0, 1, 1, 2])
+        coloured.append(rgb_keeping_lightness(lab))
+    return coloured
 
 
 class BatchColourer:

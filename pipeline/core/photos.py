@@ -123,4 +123,4 @@ def srgb_pixels(image: Image.Image) -> np.ndarray:
     profile applied, as conversion reads it (for photos read whole, outside conversion)."""
     icc = image.info.get("icc_profile")
     rgb, _ = to_srgb(flatten(upright(image), keep_cmyk=bool(icc)), icc)
-    return np.asarray(rgb.convert("RGB"))
+    return np.asarray(rgb if rgb.mode == "RGB" else rgb.convert("RGB"))  # convert() would copy an RGB photo
