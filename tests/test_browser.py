@@ -1,5 +1,6 @@
 """The Dagster UI over the materialized sample, in a real headless Chromium (Debian's, driven by Playwright):
-every picture in the ``data_stats``, ``colorizer`` and ``evaluation`` previews loads, and no page reports an error.
+every picture in the ``data_stats``, ``colorizer`` and ``evaluation`` previews, and in the ``colorized``
+gallery of a folder coloured by the sample's run, loads, and no page reports an error.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import BrowserContext, Page, Response, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from tests.helpers import REPO_ROOT, SampleInstance, free_port, query_when_ready
+from tests.helpers import REPO_ROOT, SampleInstance, folder_of_scenes, free_port, query_when_ready
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -25,8 +27,9 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-PREVIEWS = {"data_stats": 4, "colorizer": 2, "evaluation": 3}
-"""Each asset's preview and the pictures it embeds at least: plots; curves and the latest snapshot; collages."""
+PREVIEWS = {"sample/data_stats": 4, "sample/colorizer": 2, "sample/evaluation": 3, "scans/colorized?partition=000": 1}
+"""Each asset page's preview and the pictures it embeds at least: plots; curves and the latest snapshot;
+collages; the before/after gallery."""
 
 
 def system_chromium() -> str:
@@ -37,14 +40,34 @@ def system_chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def webserver(sample_instance: SampleInstance, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`dagster-webserver` on 127.0.0.1 over the demo's instance, stopped after the module."""
+def instance_env(sample_instance: SampleInstance, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The demo's instance plus a folder dataset, ``scans``, coloured by the demo's run as a user would: with
+    ``dg launch`` (its ``archives``, then ``colorized`` partition 000 with ``run: sample/<run>``)."""
+    root = tmp_path_factory.mktemp("scans")
+    folder_of_scenes(root / "photos", 6)
+    datasets = root / "datasets"
+    datasets.mkdir()
+    (datasets / "scans.yaml").write_text(f"name: scans\nkind: folder\npath: {root / 'photos'}\n")
+    (run,) = (path.name for path in (sample_instance.data / "sample" / "runs").iterdir())
+    config = root / "colorized.yaml"
+    config.write_text(f"ops:\n  scans__colorized:\n    config:\n      run: sample/{run}\n")
+    env = sample_instance.env | {"TAGCOLOR_DATA_DIR": str(sample_instance.data), "TAGCOLOR_DATASETS_DIR": str(datasets)}
+    launch = [str(Path(sys.prefix) / "bin" / "dg"), "launch", "--assets"]
+    for command in ([*launch, "scans/archives", "--partition", "folder"],
+                    [*launch, "scans/colorized", "--partition", "000", "--config", str(config)]):  # fmt: skip
+        done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-8000:]
+    return env
+
+
+@pytest.fixture(scope="module")
+def webserver(instance_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`dagster-webserver` on 127.0.0.1 over that instance, stopped after the module."""
     port = free_port()
-    env = sample_instance.env | {"TAGCOLOR_DATA_DIR": str(sample_instance.data)}
     command = [sys.executable, "-m", "dagster_webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
     log_path = tmp_path_factory.mktemp("webserver") / "webserver.log"
     with log_path.open("w") as log:
-        server = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(command, cwd=REPO_ROOT, env=instance_env, stdout=log, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"
             query_when_ready(url, server)
@@ -94,13 +117,13 @@ def dismiss_welcome(page: Page) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("asset", list(PREVIEWS))
+@pytest.mark.parametrize("asset", list(PREVIEWS), ids=lambda asset: asset.split("?")[0])
 def test_asset_preview_shows_every_picture(
     webserver: str, browser: BrowserContext, asset: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     page = browser.new_page()
     errors = errors_of(page)
-    page.goto(f"{webserver}/assets/sample/{asset}")
+    page.goto(f"{webserver}/assets/{asset}")
     preview_link = page.get_by_text("[Show Markdown]").first
     preview_link.wait_for(timeout=60_000)
     dismiss_welcome(page)
@@ -113,7 +136,7 @@ def test_asset_preview_shows_every_picture(
         "() => [...document.querySelectorAll('[role=dialog] img')].every(image => image.complete)", timeout=30_000
     )
     widths = images.evaluate_all("images => images.map(image => image.naturalWidth)")
-    screenshot = tmp_path_factory.mktemp("screenshots") / f"{asset}.png"
+    screenshot = tmp_path_factory.mktemp("screenshots") / f"{asset.split('?')[0].replace('/', '_')}.png"
     page.evaluate("document.querySelectorAll('*').forEach(element => { element.scrollTop = 0; })")
     page.screenshot(path=screenshot)  # the preview from its top: for a person to look at when the test fails
     assert len(widths) >= PREVIEWS[asset], f"{asset}: {len(widths)} pictures in the preview ({screenshot})"
