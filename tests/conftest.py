@@ -1,5 +1,5 @@
-"""Test-wide settings: the repository root, the o200k_base vocabulary (obtained as the product obtains it), and
-no downloads of pretrained weights."""
+"""Test-wide settings: the repository root, the o200k_base vocabulary (obtained as the product obtains it), no
+downloads of pretrained weights, and the system's Chromium for the tests of web pages."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import BrowserContext, sync_playwright
 
 from model.train import train
 from pipeline.core.layout import DatasetPaths
@@ -98,3 +99,38 @@ def write_dataset(vocabulary_dir: Path) -> Callable[..., DatasetPaths]:
 def tiny_checkpoint(tiny_run: TinyRun) -> Path:
     """Just the checkpoint, for tests that bring their own photos."""
     return tiny_run.checkpoint
+
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def system_chromium() -> str:
+    """Debian's Chromium: the test never downloads a browser of its own."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert found, "no chromium on PATH: install Debian's (`apt-get install chromium`), as .ci/run does"
+    return found
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
+    """Chromium on a fresh profile (an empty ``--user-data-dir``), closed after the module."""
+    profile = tmp_path_factory.mktemp("chromium_profile")
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            profile,
+            executable_path=system_chromium(),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1400, "height": 1000},
+        )
+        try:
+            yield context
+        finally:
+            context.close()

@@ -399,6 +399,20 @@ def query_when_ready(url: str, server: subprocess.Popen, timeout_s: float = 180.
     raise AssertionError("dagster-webserver did not answer in time")
 
 
+def wait_for_http(url: str, server: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    """Until ``url`` answers 200, while ``server`` runs."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"the server exited with {server.returncode}"
+        try:
+            if requests.get(url, timeout=10).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer in time")
+
+
 # The statistics report against its tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -7,36 +7,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import BrowserContext, Page, Response, sync_playwright
+from playwright.sync_api import BrowserContext, Page, Response
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.helpers import REPO_ROOT, SampleInstance, folder_of_scenes, free_port, query_when_ready
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PREVIEWS = {"sample/data_stats": 4, "sample/colorizer": 2, "sample/evaluation": 3, "scans/colorized?partition=000": 1}
 """Each asset page's preview and the pictures it embeds at least: plots; curves and the latest snapshot;
 collages; the before/after gallery."""
-
-
-def system_chromium() -> str:
-    """Debian's Chromium: the test never downloads a browser of its own."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert found, "no chromium on PATH: install Debian's (`apt-get install chromium`), as .ci/run does"
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -75,24 +59,6 @@ def webserver(instance_env: dict[str, str], tmp_path_factory: pytest.TempPathFac
         finally:
             server.terminate()
             server.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
-    """Chromium on a fresh profile (an empty ``--user-data-dir``), closed after the module."""
-    profile = tmp_path_factory.mktemp("chromium_profile")
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            profile,
-            executable_path=system_chromium(),
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1400, "height": 1000},
-        )
-        try:
-            yield context
-        finally:
-            context.close()
 
 
 def errors_of(page: Page) -> list[str]:
