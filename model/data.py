@@ -106,12 +106,20 @@ def tag_ids(tags: list[str], index: TokenIndex) -> np.ndarray:
         tokens, _ = encode_tags([tag_text(tags)], load_tag_encoding(tiktoken_cache_dir(os.environ)))
         return tokens[0]
     known = {word: i for i, word in enumerate(index.words)}
-    words = kept_words(tags)
-    unseen = [word for word in words if word not in known]
+    unseen = unknown_words(tags, index)
     if unseen:
         logger.warning("tags this checkpoint never saw, skipped: %s", ", ".join(unseen))
-    ids = [known[word] for word in words if word in known][:WORDS_PER_IMAGE]
+    ids = [known[word] for word in kept_words(tags) if word in known][:WORDS_PER_IMAGE]
     return np.array(ids + [index.pad] * (WORDS_PER_IMAGE - len(ids)), dtype=np.int32)
+
+
+def unknown_words(tags: list[str], index: TokenIndex) -> list[str]:
+    """The words of ``tags`` a ``words`` checkpoint never saw (they cannot steer it); none for o200k, whose
+    tokens spell any text."""
+    if index.tokenizer == "o200k":
+        return []
+    known = set(index.words)
+    return [word for word in kept_words(tags) if word not in known]
 
 
 def token_rows(paths: DatasetPaths, tokenizer: str) -> np.ndarray:
