@@ -8,7 +8,7 @@ DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 COLORIZER_CONFIG ?=
 LAUNCH = TAGCOLOR_DATA_DIR=$(DATA) DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dg launch
 
-.PHONY: setup system-packages instance demo docs dataset test test-fast lint dev gpu-check
+.PHONY: setup system-packages instance demo docs dataset test test-fast lint dev gpu-check app
 
 # The Debian packages the project needs, installed by `make setup` where missing (as root, or through sudo -n;
 # otherwise it stops naming the command): Noto fonts for captions in every script, Chromium for the browser
@@ -22,7 +22,7 @@ $(BIN)/dg: pyproject.toml | system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,app]"
 	touch $(BIN)/dg
 
 setup: system-packages $(BIN)/dg
@@ -82,6 +82,11 @@ test-fast: lint
 # On a CUDA machine: training throughput, step split, memory and MFU of the 1-GPU MIRFLICKR-1M config (< 5 min).
 gpu-check: setup
 	$(BIN)/python benchmarks/gpu.py
+
+# The colouring page on http://127.0.0.1:7860 over the runs in DATA: `make app APP_ARGS="--run sample/sample_demo"`.
+APP_ARGS ?=
+app: setup
+	TAGCOLOR_DATA_DIR=$(DATA) $(BIN)/python -m model.app $(APP_ARGS)
 
 dev: setup instance
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dg dev
