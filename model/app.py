@@ -167,7 +167,7 @@ def held_out_photos(run_dir: Path, n_images: int = HELD_OUT_CHOICES) -> dict[str
         logger.warning("%s: no held-out photos to offer (%s)", run_dir, error)
         return {}
     return {
-        f"{image_id}: {photos.captions.get(int(image_id), '')}"[:80]: lab_u8_to_rgb(lab)
+        f"{image_id}: {photos.captions.get(int(image_id)) or '(no tags)'}"[:80]: lab_u8_to_rgb(lab)
         for image_id, lab in zip(photos.image_ids, labs, strict=True)
     }
 
