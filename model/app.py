@@ -172,6 +172,13 @@ def held_out_photos(run_dir: Path, n_images: int = HELD_OUT_CHOICES) -> dict[str
     }
 
 
+def coloured_status(tag_sets: int) -> str:
+    """The page's line after a colouring."""
+    if tag_sets == 0:
+        return "Coloured without tags; type tag sets, one per line, to steer the colours. Each picture is full size."
+    return f"Coloured under {tag_sets} tag set{'s' * (tag_sets != 1)} and without tags; each picture is full size."
+
+
 def one_line(text: str) -> str:
     """A message as one line of the page: its first line, whitespace collapsed."""
     return " ".join(text.strip().splitlines()[0].split()) if text.strip() else "unknown error"
@@ -253,8 +260,7 @@ def build_app(session: Session, initial_run: str | None) -> Any:
         except Exception as error:  # the page shows one line and keeps serving; the log keeps the traceback
             logger.exception("colouring failed")
             return f"**Error:** {type(error).__name__}: {one_line(str(error))}", [], []
-        sets = len(result.pictures) - 2
-        status = f"Coloured under {sets} tag set{'s' * (sets != 1)} and without tags; each picture is full size."
+        status = coloured_status(len(result.pictures) - 2)
         return status, [(str(path), caption) for path, caption in result.pictures], [str(p) for p in result.files]
 
     with gr.Blocks(title="tagcolor", analytics_enabled=False) as app:

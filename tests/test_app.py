@@ -22,6 +22,7 @@ from model.app import (
     AppError,
     Session,
     checkpoints_of,
+    coloured_status,
     find_runs,
     held_out_photos,
     load_colorizer,
@@ -126,6 +127,7 @@ def test_what_cannot_be_coloured_is_one_line(tmp_path: Path, data_dir: Path) -> 
         if "cannot be coloured" in expected:
             assert str(tmp_path) not in message, "an upload is named as its owner called it, not by its temporary path"
     assert tag_rows([["sky", "red"]], words).tolist()[1][:2] == [1, 3], "known words pass"
+    assert coloured_status(0).startswith("Coloured without tags") and "2 tag sets" in coloured_status(2)
 
 
 NETWORK_CUT = """
