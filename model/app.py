@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import yaml
+from PIL import Image
 
 from model.checkpoint import CheckpointError
 from model.colorize import ColorizeError, colorize_images, grey_rgb, read_rgb, write_png
@@ -43,6 +45,8 @@ from pipeline.core.vocabulary import VocabularyError, parse_tags
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 7860
+PREVIEW_SIDE = 1600
+"""The longest side of the page's previews; the downloads keep the photo's size."""
 HELD_OUT_CHOICES = 24
 """Held-out photos offered per run: enough to try several scenes, few enough to read quickly."""
 CHECKPOINT_ORDER = ("best.pt", "latest.pt")
@@ -57,14 +61,26 @@ class AppError(ValueError):
 
 
 @dataclass(frozen=True)
-class Result:
-    """One colouring request's pictures: ``(path, caption)`` each, the grey input first, all full size."""
+class Picture:
+    """One picture of a colouring: the full-size PNG to download, a preview for the page, its caption."""
 
-    pictures: list[tuple[Path, str]]
+    full: Path
+    preview: Path
+    caption: str
 
-    @property
-    def files(self) -> list[Path]:
-        return [path for path, _ in self.pictures]
+
+def write_picture(rgb: np.ndarray, full: Path, caption: str) -> Picture:
+    """The full-size PNG, and a JPEG preview at most :data:`PREVIEW_SIDE` wide or high where the photo is larger
+    (the page need not carry tens of megabytes of PNG to show a photo)."""
+    write_png(rgb, full)
+    height, width = rgb.shape[:2]
+    if max(height, width) <= PREVIEW_SIDE:
+        return Picture(full, full, caption)
+    scale = PREVIEW_SIDE / max(height, width)
+    small = cv2.resize(rgb, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+    preview = full.with_name(f"{full.stem}_preview.jpg")
+    Image.fromarray(small).save(preview, quality=90)
+    return Picture(full, preview, caption)
 
 
 def find_runs(data_dir: Path) -> dict[str, Path]:
@@ -121,9 +137,11 @@ def tag_rows(tag_sets: Sequence[list[str]], colorizer: Colorizer) -> np.ndarray:
         raise AppError(one_line(str(error))) from error
 
 
-def colour(rgb: np.ndarray, colorizer: Colorizer, tag_sets: Sequence[list[str]], out_dir: Path, stem: str) -> Result:
+def colour(
+    rgb: np.ndarray, colorizer: Colorizer, tag_sets: Sequence[list[str]], out_dir: Path, stem: str
+) -> list[Picture]:
     """The grey input, the no-tag colouring and one colouring per tag set, written as full-size PNGs named after
-    the photo's ``stem`` and the tags into a new directory under ``out_dir``."""
+    the photo's ``stem`` and the tags (with previews) into a new directory under ``out_dir``."""
     rows = tag_rows(tag_sets, colorizer)
     coloured = colorize_images([rgb] * len(rows), colorizer, rows)
     target = out_dir / uuid.uuid4().hex
@@ -131,8 +149,8 @@ def colour(rgb: np.ndarray, colorizer: Colorizer, tag_sets: Sequence[list[str]],
     captions = ["grey input", "no tags", *(", ".join(tags) for tags in tag_sets)]
     names = ["grey", "no-tags", *(f"tags{k}-{slug(tags)}" for k, tags in enumerate(tag_sets, start=1))]
     pictures = [grey_rgb(rgb), *coloured]
-    return Result([(write_png(picture, target / f"{stem}_{name}.png"), caption) for picture, name, caption in
-                   zip(pictures, names, captions, strict=True)])  # fmt: skip
+    return [write_picture(picture, target / f"{stem}_{name}.png", caption) for picture, name, caption in
+            zip(pictures, names, captions, strict=True)]  # fmt: skip
 
 
 def slug(tags: Sequence[str], limit: int = 40) -> str:
@@ -224,7 +242,7 @@ class Session:
 
     def colour(
         self, run: str | None, checkpoint: str | None, upload: str | None, held_out: str | None, tags_text: str
-    ) -> Result:
+    ) -> list[Picture]:
         """Colour the uploaded photo (else the chosen held-out one) under the typed tag sets."""
         if upload:
             rgb, stem = read_upload(Path(upload)), Path(upload).stem
@@ -260,8 +278,8 @@ def build_app(session: Session, initial_run: str | None) -> Any:
         except Exception as error:  # the page shows one line and keeps serving; the log keeps the traceback
             logger.exception("colouring failed")
             return f"**Error:** {type(error).__name__}: {one_line(str(error))}", [], []
-        status = coloured_status(len(result.pictures) - 2)
-        return status, [(str(path), caption) for path, caption in result.pictures], [str(p) for p in result.files]
+        gallery = [(str(picture.preview), picture.caption) for picture in result]
+        return coloured_status(len(result) - 2), gallery, [str(picture.full) for picture in result]
 
     with gr.Blocks(title="tagcolor", analytics_enabled=False) as app:
         gr.Markdown(

@@ -19,6 +19,7 @@ from PIL import Image
 from playwright.sync_api import BrowserContext
 
 from model.app import (
+    PREVIEW_SIDE,
     AppError,
     Session,
     checkpoints_of,
@@ -29,6 +30,7 @@ from model.app import (
     parse_tag_sets,
     slug,
     tag_rows,
+    write_picture,
 )
 from model.data import TokenIndex
 from tests.conftest import TinyRun
@@ -71,16 +73,17 @@ def test_a_photo_is_coloured_at_full_size_under_each_tag_set(tmp_path: Path, dat
     assert session.checkpoints(run) == ["latest.pt", "ckpt_00000006.pt"]
     upload = photo_file(tmp_path / "my photo.png")
     result = session.colour(run, "latest.pt", str(upload), None, "red, circle\nsea, blue")
-    names = [path.name for path in result.files]
+    names = [picture.full.name for picture in result]
     assert names == ["my photo_grey.png", "my photo_no-tags.png", "my photo_tags1-red-circle.png",
                      "my photo_tags2-sea-blue.png"]  # fmt: skip
-    assert [caption for _, caption in result.pictures] == ["grey input", "no tags", "red, circle", "sea, blue"]
-    pictures = [np.asarray(Image.open(path)) for path in result.files]
+    assert [picture.caption for picture in result] == ["grey input", "no tags", "red, circle", "sea, blue"]
+    assert all(picture.preview == picture.full for picture in result), "a small photo is its own preview"
+    pictures = [np.asarray(Image.open(picture.full)) for picture in result]
     assert all(picture.shape == (*PHOTO_SIZE[::-1], 3) for picture in pictures)
     grey = pictures[0].astype(int)
     assert np.abs(grey[..., 0] - grey[..., 1]).max() <= 1, "the input is shown grey"
     assert not np.array_equal(pictures[2], pictures[3]), "two tag sets, two colourings"
-    assert all(path.is_relative_to(tmp_path / "work") for path in result.files)
+    assert all(picture.full.is_relative_to(tmp_path / "work") for picture in result)
 
 
 def test_a_held_out_photo_of_the_runs_dataset_can_be_chosen(tmp_path: Path, data_dir: Path) -> None:
@@ -90,7 +93,14 @@ def test_a_held_out_photo_of_the_runs_dataset_can_be_chosen(tmp_path: Path, data
     assert photos and all(rgb.dtype == np.uint8 and rgb.ndim == 3 for rgb in photos.values())
     label = next(iter(photos))
     result = session.colour(run, "latest.pt", None, label, "")
-    assert len(result.files) == 2 and result.files[0].name.startswith(f"held-out-{label.split(':')[0]}_")
+    assert len(result) == 2 and result[0].full.name.startswith(f"held-out-{label.split(':')[0]}_")
+
+
+def test_a_large_photo_gets_a_preview_and_keeps_its_size_for_download(tmp_path: Path) -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (900, 2000, 3), dtype=np.uint8)
+    picture = write_picture(rgb, tmp_path / "big.png", "no tags")
+    assert Image.open(picture.full).size == (2000, 900)
+    assert Image.open(picture.preview).size == (PREVIEW_SIDE, round(900 * PREVIEW_SIDE / 2000))
 
 
 def test_what_cannot_be_coloured_is_one_line(tmp_path: Path, data_dir: Path) -> None:
@@ -220,9 +230,13 @@ def test_the_page_colours_an_upload_under_two_tag_sets_offline(
         " return all.length === 4 && all.every(image => image.complete && image.naturalWidth > 0); }",
         timeout=30_000,
     )
-    sources = images.evaluate_all("images => images.map(image => image.src)")
-    pictures = [np.asarray(Image.open(io.BytesIO(page.request.get(source).body()))) for source in sources]
-    assert [picture.shape for picture in pictures] == [(*PHOTO_SIZE[::-1], 3)] * 4, "full size, not thumbnails"
+    assert images.count() == 4
+    links = page.locator("#downloads a[download]")
+    names = links.evaluate_all("links => links.map(link => link.getAttribute('download'))")
+    assert names == ["photo_grey.png", "photo_no-tags.png", "photo_tags1-red-circle.png", "photo_tags2-sea-blue.png"]
+    downloads = links.evaluate_all("links => links.map(link => link.href)")
+    pictures = [np.asarray(Image.open(io.BytesIO(page.request.get(link).body()))) for link in downloads]
+    assert [picture.shape for picture in pictures] == [(*PHOTO_SIZE[::-1], 3)] * 4, "downloads are full size"
     assert not np.array_equal(pictures[2], pictures[3]), "the two tag sets colour differently"
     assert next(temporary.iterdir()).name.startswith("tagcolor-app-"), "uploads live in the app's own directory"
 
