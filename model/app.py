@@ -193,8 +193,8 @@ def held_out_photos(run_dir: Path, n_images: int = HELD_OUT_CHOICES) -> dict[str
 def coloured_status(tag_sets: int) -> str:
     """The page's line after a colouring."""
     if tag_sets == 0:
-        return "Coloured without tags; type tag sets, one per line, to steer the colours. Each picture is full size."
-    return f"Coloured under {tag_sets} tag set{'s' * (tag_sets != 1)} and without tags; each picture is full size."
+        return "Coloured without tags; type tag sets, one per line, to steer the colours. Downloads are full size."
+    return f"Coloured under {tag_sets} tag set{'s' * (tag_sets != 1)} and without tags; downloads are full size."
 
 
 def one_line(text: str) -> str:
@@ -236,8 +236,8 @@ class Session:
         runs = self.runs()
         if not run or run not in runs:
             raise AppError(f"choose a run: none found under {self.data_dir}" if not runs else "choose a run")
-        if not checkpoint:
-            raise AppError(f"{run} has no checkpoint to choose")
+        if checkpoint not in self.checkpoints(run):  # a page's value is never trusted as a path
+            raise AppError(f"choose one of {run}'s checkpoints" if checkpoint else f"{run} has no checkpoint to choose")
         return runs[run] / checkpoint
 
     def colour(

@@ -128,6 +128,9 @@ def test_what_cannot_be_coloured_is_one_line(tmp_path: Path, data_dir: Path) -> 
         ),
         "upload a photo or pick a held-out one": lambda: session.colour(run, "latest.pt", None, None, "red"),
         "choose a run": lambda: session.colour(None, None, str(photo_file(tmp_path / "p.png")), None, ""),
+        "choose one of data/tiny's checkpoints": lambda: session.colour(
+            run, "../../../etc/passwd", str(photo_file(tmp_path / "p.png")), None, ""
+        ),
     }
     for expected, attempt in cases.items():
         with pytest.raises(AppError, match=expected) as error:
