@@ -308,8 +308,9 @@ def build_app(session: Session, initial_run: str | None) -> Any:
                     label="Grey input, no tags, each tag set", columns=4, height="auto", elem_id="results"
                 )
                 downloads = gr.File(label="Full-size PNGs", file_count="multiple", elem_id="downloads")
-        run_box.change(choose_run, run_box, [checkpoint_box, held_out])
-        button.click(on_colour, [run_box, checkpoint_box, upload, held_out, tags], [status, gallery, downloads])
+        run_box.change(choose_run, run_box, [checkpoint_box, held_out], api_visibility="private")
+        inputs = [run_box, checkpoint_box, upload, held_out, tags]
+        button.click(on_colour, inputs, [status, gallery, downloads], api_name="colour")  # also for gradio_client
     return app
 
 
