@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gradio_client import Client, handle_file
 from PIL import Image
 from playwright.sync_api import BrowserContext
 
@@ -248,5 +249,10 @@ def test_the_page_colours_an_upload_under_two_tag_sets_offline(
     assert "Traceback" not in page.content()
     assert colour(photo, "sea", "Coloured under 1 tag set").startswith("Coloured"), "still serving"
     page.close()
+    client = Client(url, verbose=False, download_files=str(tmp_path / "client"))
+    line, gallery, files = client.predict(
+        "data/tiny", "latest.pt", handle_file(str(photo)), None, "red\nsea", api_name="/colour"
+    )
+    assert line.startswith("Coloured under 2 tag sets") and len(gallery) == len(files) == 4, "the API colours too"
     assert [request for request in requested if not request.startswith((url, "data:", "blob:"))] == []
     assert outside.read_text() == "", "the app tried to reach beyond this machine"
