@@ -28,11 +28,13 @@ from PIL import Image
 
 from pipeline.convert import DECODE_ERRORS, refusal_reason
 from pipeline.core.config import ConfigError
-from pipeline.core.contract import EMPTY
+from pipeline.core.contract import EMPTY, MISSING, TOO_LARGE
 from pipeline.core.files import atomic_path
 from pipeline.core.layout import PARQUET_ERRORS
 from pipeline.core.photos import ORIENTATION_TAG, center_square, srgb_pixels
 from pipeline.core.render import CollageRow, render_collage
+from pipeline.sources.base import MAX_PHOTO_BYTES
+from pipeline.sources.folder import inside
 
 FORMATS = {"jpeg": ".jpg", "png": ".png"}
 """Output formats and their file suffixes."""
@@ -253,9 +255,20 @@ def colour_shard(
     else:
         rows |= {path: row for path, row in previous.items() if path not in present}  # kept until pruned
 
+    real_root = root.resolve()
+
     def read(path: str) -> _Read:
+        """As the folder kind reads a photo: a file gone, unreadable or linked out of the folder is missing, one
+        over the size limit too large (unread); both are refused, not fatal to the shard."""
         file = root / path
-        stat = file.stat()
+        try:
+            stat = file.stat()
+            if not inside(file, real_root):
+                raise FileNotFoundError(path)
+        except OSError:
+            return _Read(path, {}, refused=MISSING)
+        if stat.st_size > MAX_PHOTO_BYTES:
+            return _Read(path, {}, refused=TOO_LARGE)
         key = colourer.tag_key(tags_of(path))
         old = previous.get(path)
         row: dict[str, object] = {"path": path, "output": names[path], "size": stat.st_size,
@@ -264,7 +277,10 @@ def colour_shard(
         unchanged = old is not None and (old["size"], old["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns)
         if unchanged and up_to_date(old, row | {"sha1": old["sha1"]}, out_dir):  # same size and mtime: not read
             return _Read(path, old, up_to_date=True)
-        data = file.read_bytes()
+        try:
+            data = file.read_bytes()
+        except OSError:
+            return _Read(path, {}, refused=MISSING)
         row["sha1"] = hashlib.sha1(data).hexdigest()
         if old is not None and up_to_date(old, row, out_dir):  # touched, not changed
             return _Read(path, old | row, up_to_date=True)

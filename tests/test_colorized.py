@@ -35,6 +35,7 @@ from pipeline.core.photos import ORIENTATION_TAG
 from pipeline.datasets import parse_dataset_spec
 from pipeline.defs.factory import build_dataset_assets
 from pipeline.defs.resources import storage_from_environ
+from pipeline.sources.base import MAX_PHOTO_BYTES
 from tests.helpers import materialize, png_header
 
 DATE_TAG = 0x0132
@@ -200,6 +201,20 @@ def test_a_shard_is_coloured_once_and_again_only_where_something_changed(tmp_pat
     assert pruned.removed == ["scans/a.png.jpg"] and not (out / "scans" / "a.png.jpg").exists()
     assert "scans/a.png" not in set(read_colorized_manifest(manifest_path(out, 0))["path"])
     assert len(colourer.seen) == len(outputs) + 3
+
+
+def test_photos_linked_out_of_the_folder_or_too_large_are_refused_not_fatal(tmp_path: Path) -> None:
+    root, outside = tmp_path / "photos", tmp_path / "elsewhere.png"
+    paths = write_folder(root)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(outside)
+    (root / "link.png").symlink_to(outside)
+    with (root / "huge.jpg").open("wb") as huge:
+        huge.truncate(MAX_PHOTO_BYTES + 1)  # sparse: the size alone refuses it, unread
+    colourer = CountingColourer()
+    report = colour_shard(root, [*paths, "huge.jpg", "link.png", "gone.png"], tmp_path / "out", 0, colourer,
+                          lambda path: [], OutputSettings())  # fmt: skip
+    assert report.refused == {"undecodable": ["bad.jpg"], "too_large": ["huge.jpg"], "missing": ["link.png"]}
+    assert len(report.coloured) == len(paths) - 1 and len(colourer.seen) == len(paths) - 1
 
 
 def test_the_colorized_asset_colours_a_folder_with_another_datasets_run_then_only_what_changed(
