@@ -203,23 +203,28 @@ def one_line(text: str) -> str:
 
 
 class Session:
-    """What the page's callbacks share: the runs, the given checkpoint, the device and the results directory."""
+    """What the page's callbacks share: the runs, the given checkpoint (a file, or a run's directory), the device
+    and the results directory."""
 
     def __init__(self, data_dir: Path, work_dir: Path, checkpoint: Path | None, device: str) -> None:
         self.data_dir, self.work_dir, self.device = data_dir, work_dir, device
         self.given = checkpoint
         self._held_out: dict[str, dict[str, np.ndarray]] = {}
 
+    @property
+    def given_label(self) -> str:
+        return f"given: {self.given.name if self.given is not None else ''}"
+
     def runs(self) -> dict[str, Path]:
         found = find_runs(self.data_dir)
         if self.given is not None:
-            found = {f"given: {self.given.name}": self.given.parent, **found}
+            found = {self.given_label: self.given if self.given.is_dir() else self.given.parent, **found}
         return found
 
     def checkpoints(self, run: str | None) -> list[str]:
         if run is None:
             return []
-        if self.given is not None and run.startswith("given: "):
+        if self.given is not None and run == self.given_label and not self.given.is_dir():
             return [self.given.name]
         run_dir = self.runs().get(run)
         return checkpoints_of(run_dir) if run_dir is not None else []
@@ -335,7 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     chosen = parser.add_mutually_exclusive_group()
     chosen.add_argument("--run", help="the run chosen at first, as <dataset>/<run>")
-    chosen.add_argument("--checkpoint", type=Path, help="a checkpoint file (.pt) offered beside the runs")
+    chosen.add_argument(
+        "--checkpoint", type=Path, help="a checkpoint file (.pt), or a run directory, offered first beside the runs"
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument(
         "--host", default="127.0.0.1",
@@ -343,8 +350,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     args = parser.parse_args(argv)
-    if args.checkpoint is not None and not args.checkpoint.is_file():
-        parser.error(f"--checkpoint {args.checkpoint}: no such file")
+    if args.checkpoint is not None and not (args.checkpoint.is_file() or checkpoints_of(args.checkpoint)):
+        parser.error(f"--checkpoint {args.checkpoint}: neither a checkpoint file nor a run directory holding one")
+    if args.run is not None and args.run not in find_runs(args.data):
+        parser.error(f"--run {args.run}: no run with a checkpoint at {args.data / args.run.replace('/', '/runs/')}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes of its server
     with work_directory() as work_dir:
@@ -354,9 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError:
             parser.exit(2, f"{parser.prog}: error: the app needs Gradio: pip install -e '.[app]'\n")
         session = Session(args.data, work_dir, args.checkpoint, args.device)
-        initial = f"given: {args.checkpoint.name}" if args.checkpoint is not None else args.run
-        if args.run is not None and args.run not in session.runs():
-            parser.error(f"--run {args.run}: no run with a checkpoint at {args.data / args.run.replace('/', '/runs/')}")
+        initial = session.given_label if args.checkpoint is not None else args.run
         theme = gr.themes.Base(font=SYSTEM_FONTS, font_mono=SYSTEM_MONO_FONTS)
         print(f"tagcolor app: http://{args.host}:{args.port}  (uploads and results in {work_dir})", flush=True)
         build_app(session, initial).launch(

@@ -28,6 +28,7 @@ from model.app import (
     find_runs,
     held_out_photos,
     load_colorizer,
+    main,
     parse_tag_sets,
     slug,
     tag_rows,
@@ -66,6 +67,24 @@ def test_tag_sets_names_and_runs(tmp_path: Path, tiny_checkpoint: Path) -> None:
     shutil.copy(tiny_checkpoint, tmp_path / "other" / "runs" / "only_best" / "best.pt")
     assert list(find_runs(tmp_path)) == ["other/only_best", "photos/big"], "runs without a checkpoint left out"
     assert checkpoints_of(run) == ["best.pt", "latest.pt", "ckpt_00000200.pt", "ckpt_00000010.pt"]
+
+
+def test_a_given_checkpoint_or_run_directory_comes_first(
+    tmp_path: Path, data_dir: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    given = Session(data_dir, tmp_path / "work", tiny_checkpoint, "cpu")
+    assert list(given.runs()) == [f"given: {tiny_checkpoint.name}", "data/tiny"]
+    assert given.checkpoints(given.given_label) == [tiny_checkpoint.name]
+    run_dir = Session(data_dir, tmp_path / "work", tiny_checkpoint.parent, "cpu")
+    assert run_dir.checkpoints(run_dir.given_label) == checkpoints_of(tiny_checkpoint.parent)
+    refusals = {
+        "neither a checkpoint file nor a run directory": ["--checkpoint", str(tmp_path / "missing.pt")],
+        "no run with a checkpoint": ["--data", str(data_dir), "--run", "data/nope"],
+    }
+    for expected, arguments in refusals.items():
+        with pytest.raises(SystemExit) as exit_status:
+            main(arguments)
+        assert exit_status.value.code == 2 and expected in capsys.readouterr().err, expected
 
 
 def test_a_photo_is_coloured_at_full_size_under_each_tag_set(tmp_path: Path, data_dir: Path) -> None:
