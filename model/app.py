@@ -34,7 +34,7 @@ import yaml
 from PIL import Image
 
 from model.checkpoint import CheckpointError
-from model.colorize import ColorizeError, colorize_images, grey_rgb, read_rgb, write_png
+from model.colorize import ColorizeError, colorize_under_tag_sets, grey_rgb, read_rgb, write_png
 from model.data import tag_ids, unknown_words
 from model.inference import Colorizer
 from model.photo_sets import holdout_set
@@ -143,7 +143,7 @@ def colour(
     """The grey input, the no-tag colouring and one colouring per tag set, written as full-size PNGs named after
     the photo's ``stem`` and the tags (with previews) into a new directory under ``out_dir``."""
     rows = tag_rows(tag_sets, colorizer)
-    coloured = colorize_images([rgb] * len(rows), colorizer, rows)
+    coloured = colorize_under_tag_sets(rgb, colorizer, rows)
     target = out_dir / uuid.uuid4().hex
     target.mkdir(parents=True)
     captions = ["grey input", "no tags", *(", ".join(tags) for tags in tag_sets)]

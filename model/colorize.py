@@ -117,8 +117,21 @@ def colorize_images(photos: Sequence[np.ndarray], colorizer: Colorizer, tokens: 
     for rgb in photos:
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"expected uint8 RGB (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    return _colour_labs([rgb_to_lab_u8(rgb) for rgb in photos], colorizer, tokens)
+
+
+def colorize_under_tag_sets(rgb: np.ndarray, colorizer: Colorizer, tokens: np.ndarray) -> list[np.ndarray]:
+    """One photo coloured under each row of raw tag ids ``tokens`` ``(K, width)``, as :func:`colorize_images`
+    colours it, its Lab computed once."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected uint8 RGB (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    lab = rgb_to_lab_u8(rgb)
+    return _colour_labs([lab.copy() for _ in range(len(tokens))], colorizer, tokens)
+
+
+def _colour_labs(labs: list[np.ndarray], colorizer: Colorizer, tokens: np.ndarray) -> list[np.ndarray]:
+    """Each photo's Lab, its a, b overwritten (in place) with the net's, as RGB keeping its lightness."""
     size = colorizer.image_size
-    labs = [rgb_to_lab_u8(rgb) for rgb in photos]
     small = np.stack(
         [cv2.resize(cv2.extractChannel(lab, 0), (size, size), interpolation=cv2.INTER_AREA) for lab in labs]
     )
@@ -228,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for image, per_image in zip(args.images, targets, strict=True):
         try:
             rgb = read_rgb(image)
-            coloured = [colorize_image(rgb, colorizer, row) for row in tokens]
+            coloured = colorize_under_tag_sets(rgb, colorizer, np.stack(tokens))
             for result, target in zip(coloured, per_image, strict=True):
                 print(write_png(result, target))
             grid_rows.append((image, rgb, coloured))
