@@ -190,6 +190,13 @@ def held_out_photos(run_dir: Path, n_images: int = HELD_OUT_CHOICES) -> dict[str
     }
 
 
+def first_status(session: Session, runs: Sequence[str]) -> str:
+    """The page's line before any colouring: what to do, or where runs would be found."""
+    if not runs:
+        return f"**No run with a checkpoint under {session.data_dir}**: train one (`make demo`), or name one: --checkpoint."
+    return "Upload a photo (or pick a held-out one), type tag sets, press **Colour**."
+
+
 def coloured_status(tag_sets: int) -> str:
     """The page's line after a colouring."""
     if tag_sets == 0:
@@ -308,7 +315,7 @@ def build_app(session: Session, initial_run: str | None) -> Any:
                 )
                 button = gr.Button("Colour", variant="primary", elem_id="colour")
             with gr.Column(scale=2):
-                status = gr.Markdown("Upload a photo, type tag sets, press **Colour**.", elem_id="status")
+                status = gr.Markdown(first_status(session, runs), elem_id="status")
                 gallery = gr.Gallery(
                     label="Grey input, no tags, each tag set", columns=4, height="auto", elem_id="results"
                 )
