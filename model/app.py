@@ -193,7 +193,8 @@ def held_out_photos(run_dir: Path, n_images: int = HELD_OUT_CHOICES) -> dict[str
 def first_status(session: Session, runs: Sequence[str]) -> str:
     """The page's line before any colouring: what to do, or where runs would be found."""
     if not runs:
-        return f"**No run with a checkpoint under {session.data_dir}**: train one (`make demo`), or name one: --checkpoint."
+        where = session.data_dir
+        return f"**No run with a checkpoint under {where}**: train one (`make demo`), or name one with --checkpoint."
     return "Upload a photo (or pick a held-out one), type tag sets, press **Colour**."
 
 

@@ -26,6 +26,7 @@ from model.app import (
     checkpoints_of,
     coloured_status,
     find_runs,
+    first_status,
     held_out_photos,
     load_colorizer,
     main,
@@ -161,6 +162,7 @@ def test_what_cannot_be_coloured_is_one_line(tmp_path: Path, data_dir: Path) -> 
             assert str(tmp_path) not in message, "an upload is named as its owner called it, not by its temporary path"
     assert tag_rows([["sky", "red"]], words).tolist()[1][:2] == [1, 3], "known words pass"
     assert coloured_status(0).startswith("Coloured without tags") and "2 tag sets" in coloured_status(2)
+    assert "No run with a checkpoint under" in first_status(Session(tmp_path / "empty", tmp_path, None, "cpu"), [])
 
 
 NETWORK_CUT = """
