@@ -262,10 +262,10 @@ def colour_shard(
         over the size limit too large (unread); both are refused, not fatal to the shard."""
         file = root / path
         try:
-            stat = file.stat()
-            if not inside(file, real_root):
-                raise FileNotFoundError(path)
+            stat, within = file.stat(), inside(file, real_root)
         except OSError:
+            stat, within = None, False
+        if stat is None or not within:
             return _Read(path, {}, refused=MISSING)
         if stat.st_size > MAX_PHOTO_BYTES:
             return _Read(path, {}, refused=TOO_LARGE)
