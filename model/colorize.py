@@ -26,6 +26,7 @@ from PIL import Image
 from model.checkpoint import CheckpointError, run_checkpoint
 from model.data import tag_ids
 from model.device import resolve_device
+from model.gamut import gamut_table, rgb_from_table, rgb_keeping_lightness
 from model.inference import Colorizer
 from pipeline.core.color import NEUTRAL_AB, lab_u8_to_rgb, rgb_to_lab_u8
 from pipeline.core.config import ConfigError
@@ -37,12 +38,6 @@ from pipeline.core.vocabulary import (
     parse_tags,
 )
 
-CHROMA_SCALES = (1.0, 0.75, 0.5, 0.25, 0.0)
-"""Shares of the predicted chroma tried per pixel, largest first; grey (0) always fits."""
-LIGHTNESS_TOLERANCE = 1
-"""Encoded L levels a pixel may move in the Lab → RGB → Lab round trip (8-bit rounding)."""
-DARK_ROUNDING_LEVELS = 24
-"""Below this encoded L, OpenCV's 8-bit conversion can move an unclipped colour's L by 2 levels."""
 SUFFIX = "_color.png"
 GRID_NAME = "tag_grid.png"
 GRID_TILE = 256
@@ -63,42 +58,6 @@ def read_rgb(path: Path) -> np.ndarray:
         raise ColorizeError(f"{path}: not a readable image ({error})") from error
 
 
-def rgb_keeping_lightness(lab: np.ndarray) -> np.ndarray:
-    """uint8 RGB with the encoded lightness of ``lab`` ``(H, W, 3)`` and as much of its a, b as fits.
-
-    sRGB cannot show every Lab colour: converting one outside its gamut clips a channel, which changes the
-    lightness. Each pixel therefore keeps the largest share of its chroma (of :data:`CHROMA_SCALES`) whose
-    RGB still has the photo's lightness, so the input's L survives exactly up to rounding. The whole photo is
-    converted once at full chroma; only the pixels that moved are tried again at the smaller shares.
-    """
-    rgb = lab_u8_to_rgb(lab)
-    result = rgb.reshape(-1, 3)
-    light, chroma = lab.reshape(-1, 3)[:, 0], lab.reshape(-1, 3)[:, 1:]
-    # Only a clipped channel (0 or 255) or OpenCV's rounding in the darkest levels moves L by more than the
-    # tolerance (checked over all 2²⁴ codes), so the round trip back to Lab is done for those pixels alone.
-    unclipped = cv2.inRange(rgb, (1, 1, 1), (254, 254, 254)).reshape(-1)
-    candidates = np.flatnonzero((unclipped == 0) | (light < DARK_ROUNDING_LEVELS))
-    pending = candidates[_lightness_moved(result[candidates], light[candidates])]
-    for scale in CHROMA_SCALES[1:]:
-        if pending.size == 0:
-            break
-        scaled = np.clip(np.rint((chroma[pending].astype(np.float32) - NEUTRAL_AB) * scale + NEUTRAL_AB), 0, 255)
-        trial = np.concatenate([light[pending, None], scaled.astype(np.uint8)], axis=1)[:, None, :]
-        tried = lab_u8_to_rgb(trial)[:, 0]
-        fits = ~_lightness_moved(tried, light[pending]) | (scale == 0.0)
-        result[pending[fits]] = tried[fits]
-        pending = pending[~fits]
-    return rgb
-
-
-def _lightness_moved(pixels: np.ndarray, lightness: np.ndarray) -> np.ndarray:
-    """Which uint8 RGB ``pixels`` ``(N, 3)`` lost their encoded ``lightness`` ``(N,)`` beyond the tolerance."""
-    if pixels.size == 0:
-        return np.zeros(0, dtype=bool)
-    actual = rgb_to_lab_u8(pixels[:, None, :])[:, 0, 0].astype(np.int16)
-    return np.abs(actual - lightness) > LIGHTNESS_TOLERANCE
-
-
 def colorize_image(rgb: np.ndarray, colorizer: Colorizer, tokens: np.ndarray) -> np.ndarray:
     """Colour uint8 RGB ``(H, W, 3)`` of any size under raw tag ids ``tokens`` (:func:`tag_ids`); same size out.
 
@@ -110,27 +69,33 @@ def colorize_image(rgb: np.ndarray, colorizer: Colorizer, tokens: np.ndarray) ->
     return colorize_images([rgb], colorizer, tokens[None])[0]
 
 
+def check_rgb(rgb: np.ndarray) -> None:
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected uint8 RGB (H, W, 3), got {rgb.dtype} {rgb.shape}")
+
+
 def colorize_images(photos: Sequence[np.ndarray], colorizer: Colorizer, tokens: np.ndarray) -> list[np.ndarray]:
     """Colour uint8 RGB photos of any sizes, each under its row of raw tag ids ``tokens`` ``(B, width)``: the net
     sees every photo's lightness at its training size in one batch; its a, b are upsampled to each photo's own
     size and joined to the photo's full-resolution lightness."""
     for rgb in photos:
-        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-            raise ValueError(f"expected uint8 RGB (H, W, 3), got {rgb.dtype} {rgb.shape}")
+        check_rgb(rgb)
     return _colour_labs([rgb_to_lab_u8(rgb) for rgb in photos], colorizer, tokens)
 
 
 def colorize_under_tag_sets(rgb: np.ndarray, colorizer: Colorizer, tokens: np.ndarray) -> list[np.ndarray]:
     """One photo coloured under each row of raw tag ids ``tokens`` ``(K, width)``, as :func:`colorize_images`
     colours it, its Lab computed once."""
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected uint8 RGB (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    check_rgb(rgb)
     lab = rgb_to_lab_u8(rgb)
     return _colour_labs([lab.copy() for _ in range(len(tokens))], colorizer, tokens)
 
 
-def _colour_labs(labs: list[np.ndarray], colorizer: Colorizer, tokens: np.ndarray) -> list[np.ndarray]:
-    """Each photo's Lab, its a, b overwritten (in place) with the net's, as RGB keeping its lightness."""
+def _colour_labs(
+    labs: list[np.ndarray], colorizer: Colorizer, tokens: np.ndarray, table: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """Each photo's Lab joined to the net's a, b, as RGB keeping its lightness: converted and checked per photo,
+    or looked up in :func:`model.gamut.gamut_table` (the same pixels) when ``table`` is given."""
     size = colorizer.image_size
     small = np.stack(
         [cv2.resize(cv2.extractChannel(lab, 0), (size, size), interpolation=cv2.INTER_AREA) for lab in labs]
@@ -139,8 +104,11 @@ def _colour_labs(labs: list[np.ndarray], colorizer: Colorizer, tokens: np.ndarra
     coloured = []
     for lab, ab in zip(labs, ab_small, strict=True):
         height, width = lab.shape[:2]
-        # The photo's own L stays; its a, b give way to the net's, upsampled (in place: no copy of the photo).
-        cv2.mixChannels([cv2.resize(ab, (width, height), interpolation=cv2.INTER_CUBIC)], [lab], [0, 1, 1, 2])
+        ab = cv2.resize(ab, (width, height), interpolation=cv2.INTER_CUBIC)
+        if table is not None:
+            coloured.append(rgb_from_table(lab, ab, table))
+            continue
+        cv2.mixChannels([ab], [lab], [0, 1, 1, 2])  # the photo's own L stays; its a, b give way to the net's
         coloured.append(rgb_keeping_lightness(lab))
     return coloured
 
@@ -163,8 +131,11 @@ class BatchColourer:
         return " ".join(str(int(i)) for i in self._ids(tuple(tags)))
 
     def colour(self, photos: Sequence[np.ndarray], tags: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Many photos: through the Lab → RGB table (built or loaded on the first batch)."""
         tokens = np.stack([self._ids(tuple(tag_set)) for tag_set in tags])
-        return colorize_images(photos, self.colorizer, tokens)
+        for rgb in photos:
+            check_rgb(rgb)
+        return _colour_labs([rgb_to_lab_u8(rgb) for rgb in photos], self.colorizer, tokens, gamut_table())
 
 
 def write_png(rgb: np.ndarray, path: Path) -> Path:

@@ -30,6 +30,7 @@ def no_weight_downloads(tmp_path_factory: pytest.TempPathFactory) -> None:
     """
     os.environ["TAGCOLOR_OFFLINE"] = "1"
     os.environ["TORCH_HOME"] = str(tmp_path_factory.mktemp("torch_home"))
+    os.environ["TAGCOLOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("tagcolor_cache"))  # never the user's cache
 
 
 @pytest.fixture(scope="session")

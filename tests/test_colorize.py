@@ -19,7 +19,6 @@ from model.colorize import (
     BatchColourer,
     colorize_image,
     main,
-    rgb_keeping_lightness,
 )
 from model.data import tag_ids
 from model.inference import Colorizer
@@ -85,26 +84,6 @@ def test_colorize_refuses_bad_tokens_and_images(colorizer: Colorizer) -> None:
         colorize_image(odd_photo(), colorizer, np.full(TOKENS_PER_IMAGE + 1, PAD_ID))
     with pytest.raises(ValueError, match="uint8 RGB"):
         colorize_image(odd_photo()[..., 0], colorizer, np.full(TOKENS_PER_IMAGE, PAD_ID))
-
-
-def test_out_of_gamut_colour_is_desaturated_not_darkened() -> None:
-    lightness = np.tile(np.arange(256, dtype=np.uint8), (4, 1))
-    extreme = np.zeros((4, 256, 2), dtype=np.uint8)
-    extreme[..., 0] = 255
-    rgb = rgb_keeping_lightness(np.dstack([lightness, extreme]))
-    assert np.abs(rgb_to_lab_u8(rgb)[..., 0].astype(int) - lightness).max() <= 1
-    mild_lab = rgb_to_lab_u8(np.full((2, 2, 3), (150, 110, 90), dtype=np.uint8))
-    mild = rgb_keeping_lightness(mild_lab)
-    np.testing.assert_allclose(rgb_to_lab_u8(mild)[..., 1:], mild_lab[..., 1:], atol=1)
-
-
-def test_every_encoded_lab_colour_keeps_its_lightness() -> None:
-    """All 2²⁴ codes at once, so the pixels spared the round-trip check (unclipped, above the darkest levels)
-    are shown to keep their L as well as the checked ones."""
-    codes = np.arange(2**24, dtype=np.uint32)
-    lab = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], axis=-1).astype(np.uint8).reshape(4096, 4096, 3)
-    rgb = rgb_keeping_lightness(lab)
-    assert np.abs(rgb_to_lab_u8(rgb)[..., 0].astype(np.int16) - lab[..., 0]).max() <= 1
 
 
 def test_parse_tags() -> None:
