@@ -74,13 +74,15 @@ def check_rgb(rgb: np.ndarray) -> None:
         raise ValueError(f"expected uint8 RGB (H, W, 3), got {rgb.dtype} {rgb.shape}")
 
 
-def colorize_images(photos: Sequence[np.ndarray], colorizer: Colorizer, tokens: np.ndarray) -> list[np.ndarray]:
+def colorize_images(
+    photos: Sequence[np.ndarray], colorizer: Colorizer, tokens: np.ndarray, table: np.ndarray | None = None
+) -> list[np.ndarray]:
     """Colour uint8 RGB photos of any sizes, each under its row of raw tag ids ``tokens`` ``(B, width)``: the net
     sees every photo's lightness at its training size in one batch; its a, b are upsampled to each photo's own
-    size and joined to the photo's full-resolution lightness."""
+    size and joined to the photo's full-resolution lightness (through the Lab → RGB ``table`` where given)."""
     for rgb in photos:
         check_rgb(rgb)
-    return _colour_labs([rgb_to_lab_u8(rgb) for rgb in photos], colorizer, tokens)
+    return _colour_labs([rgb_to_lab_u8(rgb) for rgb in photos], colorizer, tokens, table)
 
 
 def colorize_under_tag_sets(rgb: np.ndarray, colorizer: Colorizer, tokens: np.ndarray) -> list[np.ndarray]:
@@ -133,9 +135,7 @@ class BatchColourer:
     def colour(self, photos: Sequence[np.ndarray], tags: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Many photos: through the Lab → RGB table (built or loaded on the first batch)."""
         tokens = np.stack([self._ids(tuple(tag_set)) for tag_set in tags])
-        for rgb in photos:
-            check_rgb(rgb)
-        return _colour_labs([rgb_to_lab_u8(rgb) for rgb in photos], self.colorizer, tokens, gamut_table())
+        return colorize_images(photos, self.colorizer, tokens, gamut_table())
 
 
 def write_png(rgb: np.ndarray, path: Path) -> Path:
